@@ -1,0 +1,29 @@
+//! The one seam between Keel's logic and the outside world: time, tasks, network,
+//! randomness and disk. Everything under `core/` reaches those only through this module, so
+//! the same code runs on tokio in production and inside madsim (built with `--cfg madsim`),
+//! where time is virtual, the network is simulated and the disk is [`disk::SimDisk`].
+
+pub mod disk;
+
+pub use tokio::{select, spawn, sync, task, time};
+
+/// Wall-clock milliseconds since the Unix epoch. Virtual under madsim, which overrides
+/// `clock_gettime`; the only place in `core/` allowed to read the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A fresh seeded generator. Under madsim the seed comes from the simulation's seed, so a run
+/// replays exactly; in production it comes from the OS.
+pub fn rng() -> rand::rngs::SmallRng {
+    use rand::SeedableRng;
+    rand::rngs::SmallRng::seed_from_u64(madsim::rand::random::<u64>())
+}
+
+/// Monotonic instant for measuring elapsed time (virtual under madsim).
+pub fn instant() -> time::Instant {
+    time::Instant::now()
+}

@@ -1,0 +1,545 @@
+//! The message store: CommitLog + ConsumeQueues + index, with flush, recovery and retention.
+//!
+//! Write path (numbered as in ARCHITECTURE.md): (1) check limits, encode and CRC the record
+//! outside any lock; (2) under the put lock assign the queue offset and store timestamp,
+//! append to the commitlog, publish the new end; (3) dispatch: write the consume-queue entry
+//! and index keys (the same code recovery uses to rebuild them from the log); (4) under
+//! SYNC_FLUSH wait until the group-commit flusher has synced past the record, or answer
+//! FLUSH_DISK_TIMEOUT after `syncFlushTimeout` (stored, durability unknown).
+
+pub mod checkpoint;
+pub mod commitlog;
+pub mod config;
+pub mod consume_queue;
+pub mod index;
+pub mod meta;
+pub mod record;
+mod recovery;
+mod service;
+
+use crate::rt::disk::{Disk, DirLock};
+use crate::rt::sync::{watch, Notify};
+use bytes::Bytes;
+use commitlog::CommitLog;
+use consume_queue::{ConsumeQueue, Entry};
+pub use config::{FlushDiskType, StoreConfig};
+use index::IndexService;
+use record::{DispatchInfo, MessageExt, MessageInner, RecordError};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("message too large: {size} bytes, maxMessageSize is {max}")]
+    MessageTooLarge { size: usize, max: usize },
+    #[error("message properties too long: {0} bytes, the limit is 32767")]
+    PropertiesTooLarge(usize),
+    #[error("topic name too long: {0} bytes, the limit is 127")]
+    TopicTooLong(usize),
+    #[error("corrupt record at commitlog offset {offset}: {reason}")]
+    CorruptRecord { offset: u64, reason: RecordError },
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("disk is full (usage above the warning level); refusing writes")]
+    DiskFull,
+    #[error("the store is shut down")]
+    ShutDown,
+}
+
+impl StoreError {
+    /// Whether the store ran out of space (ENOSPC or the disk-full guard).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::DiskFull)
+            || matches!(self, StoreError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutStatus {
+    PutOk,
+    /// Stored, but not known to be durable within `syncFlushTimeout`.
+    FlushDiskTimeout,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PutResult {
+    pub status: PutStatus,
+    pub phys_offset: u64,
+    pub size: usize,
+    pub queue_offset: u64,
+    pub store_timestamp: i64,
+    /// offsetMsgId: store host + physical offset.
+    pub msg_id: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GetStatus {
+    Found,
+    NoMatchedMessage,
+    MessageWasRemoving,
+    OffsetFoundNull,
+    OffsetOverflowBadly,
+    OffsetOverflowOne,
+    OffsetTooSmall,
+    NoMatchedLogicQueue,
+    NoMessageInQueue,
+}
+
+/// One message as served: its raw record (the pull body format) and where it sits.
+#[derive(Clone, Debug)]
+pub struct StoredMessage {
+    pub record: Bytes,
+    pub queue_offset: u64,
+    pub phys_offset: u64,
+    pub tags_code: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct GetResult {
+    pub status: GetStatus,
+    pub messages: Vec<StoredMessage>,
+    pub next_begin_offset: u64,
+    pub min_offset: u64,
+    pub max_offset: u64,
+    /// Records that failed their checks and were skipped (never served).
+    pub corrupt_skipped: usize,
+}
+
+/// Most consume-queue entries one read looks at when a filter rejects them.
+const MAX_FILTER_SCAN: usize = 16_000;
+/// Above this disk use writes are refused (RocketMQ's diskSpaceWarningLevelRatio).
+const DISK_WARNING_RATIO: f64 = 0.90;
+
+pub(crate) struct PutState {
+    /// Next queue offset per topic and queue id; assignment never depends on dispatch.
+    offsets: HashMap<String, HashMap<i32, u64>>,
+    shut_down: bool,
+}
+
+pub(crate) struct Inner {
+    cfg: StoreConfig,
+    disk: Disk,
+    root: PathBuf,
+    commitlog: CommitLog,
+    queues: RwLock<BTreeMap<(String, i32), Arc<ConsumeQueue>>>,
+    index: crate::rt::sync::Mutex<IndexService>,
+    put: crate::rt::sync::Mutex<PutState>,
+    /// Commitlog offset up to which consume queues and index are built.
+    dispatched: AtomicU64,
+    flushed_tx: watch::Sender<u64>,
+    flush_wakeup: Notify,
+    shutdown_tx: watch::Sender<bool>,
+    disk_full: AtomicBool,
+    last_store_ts: AtomicU64,
+    lock: std::sync::Mutex<Option<DirLock>>,
+    tasks: std::sync::Mutex<Vec<crate::rt::task::JoinHandle<()>>>,
+}
+
+/// A handle to an open store. Cheap to clone.
+#[derive(Clone)]
+pub struct MessageStore {
+    inner: Arc<Inner>,
+}
+
+/// The key a message is indexed under.
+fn index_key(topic: &str, key: &str) -> String {
+    format!("{topic}#{key}")
+}
+
+impl MessageStore {
+    /// Opens (and if needed recovers) the store at `cfg.store_path_root_dir`, then starts the
+    /// flush, checkpoint and retention services. Fails at once if another store holds the
+    /// directory.
+    pub async fn open(cfg: StoreConfig, disk: Disk) -> Result<MessageStore, StoreError> {
+        recovery::open(cfg, disk).await
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.cfg
+    }
+
+    /// Checks a message against the store's limits. Nothing is written for a refused message.
+    pub fn check_message(&self, msg: &MessageInner) -> Result<usize, StoreError> {
+        if msg.topic.len() > record::MAX_TOPIC_LEN {
+            return Err(StoreError::TopicTooLong(msg.topic.len()));
+        }
+        if msg.properties.len() > record::MAX_PROPERTIES_LEN {
+            return Err(StoreError::PropertiesTooLarge(msg.properties.len()));
+        }
+        let size = record::record_len(msg);
+        let seg_limit = self.inner.commitlog.segment_size() as usize - record::BLANK_LEN;
+        let max = self.inner.cfg.max_message_size.min(seg_limit);
+        if msg.body.len() > self.inner.cfg.max_message_size || size > max {
+            return Err(StoreError::MessageTooLarge { size, max });
+        }
+        Ok(size)
+    }
+
+    /// Appends one message. Returns once it is stored (and, under SYNC_FLUSH with WAIT, once
+    /// it is durable or `syncFlushTimeout` passed).
+    pub async fn put(&self, msg: &MessageInner) -> Result<PutResult, StoreError> {
+        let inner = &self.inner;
+        self.check_message(msg)?;
+        if inner.disk_full.load(Ordering::Relaxed) {
+            return Err(StoreError::DiskFull);
+        }
+        let mut rec = Vec::new();
+        record::encode(msg, &mut rec);
+        let info = self.append(msg, &mut rec).await?;
+        let end = info.phys_offset as u64 + info.size as u64;
+        let wait = inner.cfg.flush_disk_type == FlushDiskType::SyncFlush
+            && record::property(&msg.properties, record::PROPERTY_WAIT) != Some("false");
+        let status = if wait { self.wait_durable(end).await } else { PutStatus::PutOk };
+        Ok(PutResult {
+            status,
+            phys_offset: info.phys_offset as u64,
+            size: info.size as usize,
+            queue_offset: info.queue_offset as u64,
+            store_timestamp: info.store_timestamp,
+            msg_id: record::offset_msg_id(&inner.cfg.store_host, info.phys_offset),
+        })
+    }
+
+    /// Steps (2) and (3) of the write path, under the put lock.
+    async fn append(&self, msg: &MessageInner, rec: &mut [u8]) -> Result<DispatchInfo, StoreError> {
+        let inner = &self.inner;
+        let mut st = inner.put.lock().await;
+        if st.shut_down {
+            return Err(StoreError::ShutDown);
+        }
+        let queue_offset = st.offsets.get(&msg.topic).and_then(|q| q.get(&msg.queue_id)).copied().unwrap_or(0);
+        // Store time never goes backwards within one log, even if the clock does.
+        let now = crate::rt::now_ms().max(inner.last_store_ts.load(Ordering::Relaxed));
+        let phys = inner.commitlog.append(rec, queue_offset as i64, now as i64).await?;
+        st.offsets.entry(msg.topic.clone()).or_default().insert(msg.queue_id, queue_offset + 1);
+        inner.last_store_ts.store(now, Ordering::Relaxed);
+        let props = &msg.properties;
+        let info = DispatchInfo {
+            topic: msg.topic.clone(),
+            queue_id: msg.queue_id,
+            queue_offset: queue_offset as i64,
+            phys_offset: phys as i64,
+            size: rec.len() as i32,
+            tags_code: record::tags_code(record::property(props, record::PROPERTY_TAGS)),
+            store_timestamp: now as i64,
+            sys_flag: msg.sys_flag,
+            keys: record::property(props, record::PROPERTY_KEYS).map(str::to_string),
+            uniq_key: record::property(props, record::PROPERTY_UNIQ_KEY).map(str::to_string),
+        };
+        // A dispatch that failed earlier (disk error on a queue file) is caught up from the
+        // log first, so consume queues stay in log order.
+        if inner.dispatched.load(Ordering::Acquire) < phys {
+            self.catch_up_dispatch(phys).await?;
+        }
+        self.dispatch(&info, 0).await?;
+        inner.dispatched.store(phys + rec.len() as u64, Ordering::Release);
+        Ok(info)
+    }
+
+    async fn wait_durable(&self, end: u64) -> PutStatus {
+        let inner = &self.inner;
+        inner.flush_wakeup.notify_one();
+        let mut rx = inner.flushed_tx.subscribe();
+        let timeout = Duration::from_millis(inner.cfg.sync_flush_timeout_ms);
+        let durable = crate::rt::time::timeout(timeout, rx.wait_for(|f| *f >= end)).await.is_ok_and(|r| r.is_ok());
+        match durable {
+            true => PutStatus::PutOk,
+            false => {
+                tracing::warn!(offset = end, "sync flush did not finish within syncFlushTimeout");
+                PutStatus::FlushDiskTimeout
+            }
+        }
+    }
+
+    /// Re-reads the log from the dispatched offset up to `to` and dispatches it.
+    async fn catch_up_dispatch(&self, to: u64) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let mut pos = inner.dispatched.load(Ordering::Acquire);
+        while pos < to {
+            let head = inner.commitlog.read(pos, 8).await?;
+            let total = i32::from_be_bytes(head[..4].try_into().unwrap());
+            if u32::from_be_bytes(head[4..8].try_into().unwrap()) == record::BLANK_MAGIC {
+                pos += total as u64;
+                continue;
+            }
+            let m = inner.commitlog.read_record(pos, Some(total.max(0) as usize)).await?;
+            self.dispatch(&m.dispatch_info(), 0).await?;
+            pos += total as u64;
+            inner.dispatched.store(pos, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn queue(&self, topic: &str, queue_id: i32) -> Arc<ConsumeQueue> {
+        let key = (topic.to_string(), queue_id);
+        if let Some(q) = self.inner.queues.read().unwrap().get(&key) {
+            return q.clone();
+        }
+        let mut queues = self.inner.queues.write().unwrap();
+        queues
+            .entry(key)
+            .or_insert_with(|| {
+                let dir = self.inner.root.join("consumequeue").join(topic).join(queue_id.to_string());
+                Arc::new(ConsumeQueue::new(&self.inner.disk, dir, topic, queue_id, self.inner.cfg.mapped_file_size_consume_queue))
+            })
+            .clone()
+    }
+
+    fn existing_queue(&self, topic: &str, queue_id: i32) -> Option<Arc<ConsumeQueue>> {
+        self.inner.queues.read().unwrap().get(&(topic.to_string(), queue_id)).cloned()
+    }
+
+    /// The dispatcher: builds the consume-queue entry and index keys of one record. Used for
+    /// every append and, identically, to rebuild from the log in recovery. An entry already
+    /// present and equal is skipped; a different one (a torn queue page) is cut and rewritten.
+    pub(crate) async fn dispatch(&self, d: &DispatchInfo, index_from: u64) -> Result<(), StoreError> {
+        let tx = d.sys_flag & record::SYSFLAG_TX_MASK;
+        // Prepared and rolled-back transactional messages are not consumable.
+        if tx == 0 || tx == 0x8 {
+            let cq = self.queue(&d.topic, d.queue_id);
+            let entry = Entry { phys_offset: d.phys_offset, size: d.size, tags_code: d.tags_code };
+            let q = d.queue_offset as u64;
+            let mut present = q < cq.max_offset();
+            if present && q >= cq.min_offset() && cq.entry(q).await? != Some(entry) {
+                tracing::warn!(topic = %d.topic, queue = d.queue_id, offset = q,
+                    "consume queue entry disagrees with the commitlog; rewriting from here");
+                cq.truncate_to(q).await?;
+                present = false;
+            }
+            if !present {
+                cq.put(q, entry).await?;
+            }
+        }
+        if self.inner.cfg.message_index_enable && d.phys_offset as u64 >= index_from && tx != record::SYSFLAG_TX_ROLLBACK {
+            let mut index = self.inner.index.lock().await;
+            if let Some(u) = &d.uniq_key {
+                index.put(&index_key(&d.topic, u), d.phys_offset, d.store_timestamp).await?;
+            }
+            for k in d.keys.iter().flat_map(|k| k.split(' ')).filter(|k| !k.is_empty()) {
+                index.put(&index_key(&d.topic, k), d.phys_offset, d.store_timestamp).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads up to `max_count` messages (and about `max_bytes`) from a queue starting at
+    /// `offset`, keeping those whose tag code passes `filter`. Every record is checked before
+    /// it is served; a corrupt one is skipped and logged with its offsets.
+    pub async fn get_message(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        offset: u64,
+        max_count: usize,
+        max_bytes: usize,
+        filter: Option<&dyn Fn(i64) -> bool>,
+    ) -> Result<GetResult, StoreError> {
+        let mut res = GetResult {
+            status: GetStatus::NoMessageInQueue,
+            messages: Vec::new(),
+            next_begin_offset: 0,
+            min_offset: 0,
+            max_offset: 0,
+            corrupt_skipped: 0,
+        };
+        let Some(cq) = self.existing_queue(topic, queue_id) else {
+            res.status = GetStatus::NoMatchedLogicQueue;
+            return Ok(res);
+        };
+        let (min, max) = (cq.min_offset(), cq.max_offset());
+        res.min_offset = min;
+        res.max_offset = max;
+        res.next_begin_offset = offset;
+        if max == 0 {
+            res.next_begin_offset = 0;
+            return Ok(res);
+        }
+        if offset < min {
+            res.status = GetStatus::OffsetTooSmall;
+            res.next_begin_offset = min;
+            return Ok(res);
+        }
+        if offset == max {
+            res.status = GetStatus::OffsetOverflowOne;
+            return Ok(res);
+        }
+        if offset > max {
+            res.status = GetStatus::OffsetOverflowBadly;
+            res.next_begin_offset = if min == 0 { min } else { max };
+            return Ok(res);
+        }
+        self.read_queue(&cq, offset, max_count, max_bytes, filter, &mut res).await?;
+        Ok(res)
+    }
+
+    async fn read_queue(
+        &self,
+        cq: &ConsumeQueue,
+        offset: u64,
+        max_count: usize,
+        max_bytes: usize,
+        filter: Option<&dyn Fn(i64) -> bool>,
+        res: &mut GetResult,
+    ) -> Result<(), StoreError> {
+        let log_min = self.inner.commitlog.min_offset();
+        let mut next = offset;
+        let mut bytes = 0usize;
+        let mut scanned = 0usize;
+        res.status = GetStatus::NoMatchedMessage;
+        'outer: while res.messages.len() < max_count && scanned < MAX_FILTER_SCAN {
+            let batch = cq.entries(next, 256.min(MAX_FILTER_SCAN - scanned)).await?;
+            if batch.is_empty() {
+                if res.messages.is_empty() && next < cq.min_offset() {
+                    res.status = GetStatus::OffsetFoundNull;
+                    next = cq.min_offset();
+                }
+                break;
+            }
+            for e in batch {
+                if res.messages.len() >= max_count || (bytes > 0 && bytes + e.size.max(0) as usize > max_bytes) {
+                    break 'outer;
+                }
+                scanned += 1;
+                let this = next;
+                next += 1;
+                if e.is_filler() || filter.is_some_and(|f| !f(e.tags_code)) {
+                    continue;
+                }
+                if (e.phys_offset as u64) < log_min {
+                    res.status = GetStatus::MessageWasRemoving;
+                    continue;
+                }
+                match self.inner.commitlog.read_record(e.phys_offset as u64, Some(e.size as usize)).await {
+                    Ok(m) => {
+                        bytes += e.size as usize;
+                        res.messages.push(StoredMessage {
+                            record: self.inner.commitlog.read(e.phys_offset as u64, e.size as usize).await?,
+                            queue_offset: this,
+                            phys_offset: m.phys_offset as u64,
+                            tags_code: e.tags_code,
+                        });
+                    }
+                    Err(StoreError::CorruptRecord { offset: phys, reason }) => {
+                        tracing::error!(topic = %cq.topic, queue = cq.queue_id, queue_offset = this, phys, %reason,
+                            "corrupt record skipped; it is never served");
+                        res.corrupt_skipped += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if !res.messages.is_empty() {
+            res.status = GetStatus::Found;
+        }
+        res.next_begin_offset = next;
+        Ok(())
+    }
+
+    /// The record at a commitlog offset (offsetMsgId lookups), checked.
+    pub async fn lookup(&self, phys_offset: u64) -> Result<MessageExt, StoreError> {
+        self.inner.commitlog.read_record(phys_offset, None).await
+    }
+
+    /// Messages of `topic` whose UNIQ_KEY or one of whose KEYS is `key`, stored within
+    /// `[begin_ms, end_ms]`, newest first, at most `max`.
+    pub async fn query_by_key(&self, topic: &str, key: &str, max: usize, begin_ms: i64, end_ms: i64) -> Result<Vec<MessageExt>, StoreError> {
+        let candidates = self.inner.index.lock().await.query(&index_key(topic, key), max * 2 + 8, begin_ms, end_ms).await?;
+        let mut out = Vec::new();
+        for phys in candidates {
+            let Ok(m) = self.lookup(phys as u64).await else { continue };
+            let keys_match = m.property(record::PROPERTY_KEYS).is_some_and(|ks| ks.split(' ').any(|k| k == key));
+            if m.inner.topic == topic && (m.property(record::PROPERTY_UNIQ_KEY) == Some(key) || keys_match) {
+                out.push(m);
+                if out.len() >= max {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn max_offset(&self, topic: &str, queue_id: i32) -> u64 {
+        self.existing_queue(topic, queue_id).map_or(0, |q| q.max_offset())
+    }
+
+    pub fn min_offset(&self, topic: &str, queue_id: i32) -> u64 {
+        self.existing_queue(topic, queue_id).map_or(0, |q| q.min_offset())
+    }
+
+    /// The first queue offset whose message was stored at or after `timestamp_ms`; the max
+    /// offset if none was.
+    pub async fn search_offset_by_time(&self, topic: &str, queue_id: i32, timestamp_ms: i64) -> Result<u64, StoreError> {
+        let Some(cq) = self.existing_queue(topic, queue_id) else { return Ok(0) };
+        let (mut lo, mut hi) = (cq.min_offset(), cq.max_offset());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let ts = match cq.entry(mid).await? {
+                Some(e) if !e.is_filler() => self.store_time_of(e.phys_offset as u64, e.size as usize).await?,
+                _ => i64::MIN,
+            };
+            if ts >= timestamp_ms {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(lo)
+    }
+
+    async fn store_time_of(&self, phys: u64, size: usize) -> Result<i64, StoreError> {
+        match self.inner.commitlog.read_record(phys, Some(size)).await {
+            Ok(m) => Ok(m.store_timestamp),
+            Err(StoreError::NotFound(_)) | Err(StoreError::CorruptRecord { .. }) => Ok(i64::MIN),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Store timestamp of a queue's message (RocketMQ's GET_EARLIEST_MSG_STORETIME and friends).
+    pub async fn message_store_time(&self, topic: &str, queue_id: i32, offset: u64) -> Result<Option<i64>, StoreError> {
+        let Some(cq) = self.existing_queue(topic, queue_id) else { return Ok(None) };
+        match cq.entry(offset).await? {
+            Some(e) if !e.is_filler() => Ok(Some(self.store_time_of(e.phys_offset as u64, e.size as usize).await?)),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn commitlog_min_offset(&self) -> u64 {
+        self.inner.commitlog.min_offset()
+    }
+
+    pub fn commitlog_max_offset(&self) -> u64 {
+        self.inner.commitlog.write_pos()
+    }
+
+    pub fn commitlog_flushed_offset(&self) -> u64 {
+        self.inner.commitlog.flushed()
+    }
+
+    /// Every (topic, queue id) with a consume queue, sorted.
+    pub fn queue_ids(&self) -> Vec<(String, i32)> {
+        self.inner.queues.read().unwrap().keys().cloned().collect()
+    }
+
+    /// Number of files per kind, for retention checks and status output.
+    pub async fn file_counts(&self) -> (usize, usize, usize) {
+        let cl = self.inner.commitlog.segment_bases().len();
+        let cq = self.inner.queues.read().unwrap().values().map(|q| q.file_count()).sum();
+        let idx = self.inner.index.lock().await.file_count();
+        (cl, cq, idx)
+    }
+
+    pub fn root(&self) -> &std::path::Path {
+        &self.inner.root
+    }
+
+    pub fn disk(&self) -> &Disk {
+        &self.inner.disk
+    }
+}
