@@ -1,3 +1,4 @@
 pub mod config;
+pub mod json;
 pub mod rt;
 pub mod store;

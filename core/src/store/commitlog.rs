@@ -27,6 +27,8 @@ pub struct CommitLog {
     segments: RwLock<BTreeMap<u64, Segment>>,
     write_pos: AtomicU64,
     flushed: AtomicU64,
+    /// forceVerifyPropCRC: records without the whole-record CRC count as corrupt.
+    require_crc: bool,
 }
 
 /// One step of a scan: a valid record, or the blank end of a segment.
@@ -37,7 +39,7 @@ pub enum ScanItem {
 
 impl CommitLog {
     /// Opens every segment in `dir`. A segment of the wrong size is an error (as in RocketMQ).
-    pub async fn load(disk: &Disk, dir: PathBuf, segment_size: u64) -> Result<CommitLog, StoreError> {
+    pub async fn load(disk: &Disk, dir: PathBuf, segment_size: u64, require_crc: bool) -> Result<CommitLog, StoreError> {
         assert!(segment_size as usize > BLANK_LEN * 2);
         disk.create_dir_all(&dir).await?;
         let mut segments = BTreeMap::new();
@@ -61,6 +63,7 @@ impl CommitLog {
             segments: RwLock::new(segments),
             write_pos: AtomicU64::new(end),
             flushed: AtomicU64::new(end),
+            require_crc,
         })
     }
 
@@ -91,8 +94,9 @@ impl CommitLog {
     }
 
     async fn segment_for_write(&self, base: u64) -> Result<Segment, StoreError> {
-        if let Some(s) = self.segments.read().unwrap().get(&base) {
-            return Ok(s.clone());
+        let existing = self.segments.read().unwrap().get(&base).cloned();
+        if let Some(s) = existing {
+            return Ok(s);
         }
         let seg = self.disk.open_segment(&self.dir.join(file_name(base)), self.segment_size).await?;
         self.segments.write().unwrap().insert(base, seg.clone());
@@ -150,6 +154,11 @@ impl CommitLog {
     /// Reads and fully checks the record at `offset`. `size` (from a consume-queue entry) is
     /// checked against the record's own length when given.
     pub async fn read_record(&self, offset: u64, size: Option<usize>) -> Result<record::MessageExt, StoreError> {
+        Ok(self.read_checked(offset, size).await?.1)
+    }
+
+    /// The raw bytes of the record at `offset` and its decoded form, after every check.
+    pub async fn read_checked(&self, offset: u64, size: Option<usize>) -> Result<(Bytes, record::MessageExt), StoreError> {
         let len = match size {
             Some(s) => s,
             None => {
@@ -158,14 +167,14 @@ impl CommitLog {
             }
         };
         let buf = self.read(offset, len).await?;
-        let msg = record::check_record(&buf).map_err(|e| StoreError::CorruptRecord { offset, reason: e })?;
+        let msg = record::check_record(&buf, self.require_crc).map_err(|e| StoreError::CorruptRecord { offset, reason: e })?;
         if msg.total_size as usize != len || msg.phys_offset as u64 != offset {
             return Err(StoreError::CorruptRecord {
                 offset,
                 reason: RecordError::LengthMismatch { declared: len, needed: msg.total_size as usize },
             });
         }
-        Ok(msg)
+        Ok((buf, msg))
     }
 
     /// Walks valid records from `from` (a record boundary) to the first invalid one, calling
@@ -203,7 +212,7 @@ impl CommitLog {
                     return Ok((pos, Some(format!("record at {pos}: bad size {total} (magic {magic:#x})"))));
                 }
                 let rec = data.slice(at..at + total as usize);
-                match record::check_record(&rec) {
+                match record::check_record(&rec, self.require_crc) {
                     Ok(m) if m.phys_offset as u64 == pos => visit(ScanItem::Record(m)).await?,
                     Ok(m) => {
                         return Ok((pos, Some(format!("record at {pos} claims offset {}", m.phys_offset))));
@@ -230,7 +239,8 @@ impl CommitLog {
         const CHUNK: usize = 64 * 1024;
         let mut dropped = 0u64;
         let base = end - end % self.segment_size;
-        if let Some(seg) = self.segments.read().unwrap().get(&base).cloned() {
+        let seg = self.segments.read().unwrap().get(&base).cloned();
+        if let Some(seg) = seg {
             let mut at = end - base;
             while at < self.segment_size {
                 let n = CHUNK.min((self.segment_size - at) as usize);
@@ -270,6 +280,12 @@ impl CommitLog {
         }
         self.flushed.fetch_max(to, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Recovery: bytes from `from` on may be written but not durable (a process crash leaves
+    /// them in the page cache), so the next flush must cover them.
+    pub fn set_unsynced_from(&self, from: u64) {
+        self.flushed.store(from, Ordering::Release);
     }
 
     /// Marks the recovered end as the append and flush position (after recovery synced it).

@@ -30,6 +30,11 @@ pub struct StoreConfig {
     pub max_hash_slot_num: u64,
     pub max_index_num: u64,
     pub message_index_enable: bool,
+    /// Append a whole-record CRC property (RocketMQ 5.x; on by default in Keel so a flipped
+    /// bit anywhere in a record is caught, not only in the body).
+    pub enabled_append_prop_crc: bool,
+    /// Reject records that lack the CRC property on read and recovery.
+    pub force_verify_prop_crc: bool,
     /// `brokerIP1:listenPort`, written into every record's STOREHOST.
     pub store_host: std::net::SocketAddr,
 }
@@ -55,6 +60,8 @@ impl Default for StoreConfig {
             max_hash_slot_num: 5_000_000,
             max_index_num: 20_000_000,
             message_index_enable: true,
+            enabled_append_prop_crc: true,
+            force_verify_prop_crc: true,
             store_host: "127.0.0.1:10911".parse().unwrap(),
         }
     }
@@ -80,6 +87,8 @@ pub const STORE_KEYS: &[&str] = &[
     "maxHashSlotNum",
     "maxIndexNum",
     "messageIndexEnable",
+    "enabledAppendPropCRC",
+    "forceVerifyPropCRC",
 ];
 
 fn num<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
@@ -151,6 +160,8 @@ impl StoreConfig {
             "maxHashSlotNum" => self.max_hash_slot_num = num::<u64>(key, value)?.max(1),
             "maxIndexNum" => self.max_index_num = num::<u64>(key, value)?.max(2),
             "messageIndexEnable" => self.message_index_enable = boolean(key, value)?,
+            "enabledAppendPropCRC" => self.enabled_append_prop_crc = boolean(key, value)?,
+            "forceVerifyPropCRC" => self.force_verify_prop_crc = boolean(key, value)?,
             _ => return Ok(false),
         }
         Ok(true)

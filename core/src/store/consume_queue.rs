@@ -92,14 +92,26 @@ impl ConsumeQueue {
                 files.insert(base, self.disk.open_segment(&self.dir.join(&name), self.file_size).await?);
             }
         }
+        // The end is in the newest file that starts with a valid entry and whose predecessor
+        // is full: after a power loss a newer file can keep a torn prefix while the file
+        // before it lost its tail, and entries must stay contiguous.
         let mut end = None;
-        for (base, seg) in files.iter().rev() {
-            let data = seg.read_at(0, self.file_size as usize).await?;
+        let bases: Vec<u64> = files.keys().copied().collect();
+        for (i, base) in bases.iter().enumerate().rev() {
+            let data = files[base].read_at(0, self.file_size as usize).await?;
             let n = data.chunks_exact(ENTRY_SIZE as usize).take_while(|c| Entry::decode(c).is_valid()).count();
-            if n > 0 {
-                end = Some(base + n as u64 * ENTRY_SIZE);
-                break;
+            if n == 0 {
+                continue;
             }
+            if i > 0 {
+                let prev = &files[&bases[i - 1]];
+                let last = prev.read_at(self.file_size - ENTRY_SIZE, ENTRY_SIZE as usize).await?;
+                if bases[i - 1] + self.file_size != *base || !Entry::decode(&last).is_valid() {
+                    continue;
+                }
+            }
+            end = Some(base + n as u64 * ENTRY_SIZE);
+            break;
         }
         let end = end.unwrap_or(0);
         let empty_tail: Vec<u64> = files.range(end..).map(|(b, _)| *b).collect();
@@ -108,9 +120,12 @@ impl ConsumeQueue {
             self.disk.remove_file(&self.dir.join(super::commitlog::file_name(b))).await?;
         }
         let min = files.keys().next().copied().unwrap_or(end);
+        let min = min.min(end);
         *self.files.write().unwrap() = files;
         self.max_offset.store(end / ENTRY_SIZE, Ordering::Release);
-        self.flushed.store(end, Ordering::Release);
+        // After a process crash, surviving entries may still sit only in the page cache: the
+        // first flush after recovery syncs them all.
+        self.flushed.store(min, Ordering::Release);
         self.min_offset.store(min / ENTRY_SIZE, Ordering::Release);
         self.correct_min_offset_to_fillers().await
     }
@@ -129,8 +144,9 @@ impl ConsumeQueue {
     }
 
     async fn file_for_write(&self, base: u64) -> Result<Segment, StoreError> {
-        if let Some(s) = self.files.read().unwrap().get(&base) {
-            return Ok(s.clone());
+        let existing = self.files.read().unwrap().get(&base).cloned();
+        if let Some(s) = existing {
+            return Ok(s);
         }
         self.disk.create_dir_all(&self.dir).await?;
         let path = self.dir.join(super::commitlog::file_name(base));
@@ -224,7 +240,8 @@ impl ConsumeQueue {
     pub async fn truncate_to(&self, keep: u64) -> Result<(), StoreError> {
         let pos = keep * ENTRY_SIZE;
         let base = pos - pos % self.file_size;
-        if let Some(seg) = self.files.read().unwrap().get(&base).cloned() {
+        let seg = self.files.read().unwrap().get(&base).cloned();
+        if let Some(seg) = seg {
             let zeros = vec![0u8; (self.file_size - (pos - base)) as usize];
             seg.write_at(pos - base, &zeros).await?;
             seg.sync(pos - base, self.file_size).await?;

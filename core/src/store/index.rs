@@ -136,7 +136,7 @@ impl IndexFile {
             let diff = i32::from_be_bytes(e[12..16].try_into().unwrap()) as i64;
             let prev = i32::from_be_bytes(e[16..20].try_into().unwrap()) as i64;
             let ts = self.header.begin_timestamp + diff * 1000;
-            if h == hash && ts >= begin - 1000 && ts <= end + 1000 && !out.contains(&phys) {
+            if h == hash && ts >= begin.saturating_sub(1000) && ts <= end.saturating_add(1000) && !out.contains(&phys) {
                 out.push(phys);
             }
             // Chains only point backwards; anything else is a torn entry.

@@ -14,8 +14,12 @@ pub mod consume_queue;
 pub mod index;
 pub mod meta;
 pub mod record;
+mod integrity;
 mod recovery;
 mod service;
+
+pub use integrity::IntegrityReport;
+pub use service::CleanReport;
 
 use crate::rt::disk::{Disk, DirLock};
 use crate::rt::sync::{watch, Notify};
@@ -170,10 +174,11 @@ impl MessageStore {
         if msg.topic.len() > record::MAX_TOPIC_LEN {
             return Err(StoreError::TopicTooLong(msg.topic.len()));
         }
-        if msg.properties.len() > record::MAX_PROPERTIES_LEN {
-            return Err(StoreError::PropertiesTooLarge(msg.properties.len()));
+        let props = record::properties_len(msg, self.inner.cfg.enabled_append_prop_crc);
+        if props > record::MAX_PROPERTIES_LEN {
+            return Err(StoreError::PropertiesTooLarge(props));
         }
-        let size = record::record_len(msg);
+        let size = record::record_len(msg, self.inner.cfg.enabled_append_prop_crc);
         let seg_limit = self.inner.commitlog.segment_size() as usize - record::BLANK_LEN;
         let max = self.inner.cfg.max_message_size.min(seg_limit);
         if msg.body.len() > self.inner.cfg.max_message_size || size > max {
@@ -191,7 +196,7 @@ impl MessageStore {
             return Err(StoreError::DiskFull);
         }
         let mut rec = Vec::new();
-        record::encode(msg, &mut rec);
+        record::encode(msg, &mut rec, inner.cfg.enabled_append_prop_crc);
         let info = self.append(msg, &mut rec).await?;
         let end = info.phys_offset as u64 + info.size as u64;
         let wait = inner.cfg.flush_disk_type == FlushDiskType::SyncFlush
@@ -279,8 +284,9 @@ impl MessageStore {
 
     pub(crate) fn queue(&self, topic: &str, queue_id: i32) -> Arc<ConsumeQueue> {
         let key = (topic.to_string(), queue_id);
-        if let Some(q) = self.inner.queues.read().unwrap().get(&key) {
-            return q.clone();
+        let existing = self.inner.queues.read().unwrap().get(&key).cloned();
+        if let Some(q) = existing {
+            return q;
         }
         let mut queues = self.inner.queues.write().unwrap();
         queues
@@ -416,11 +422,11 @@ impl MessageStore {
                     res.status = GetStatus::MessageWasRemoving;
                     continue;
                 }
-                match self.inner.commitlog.read_record(e.phys_offset as u64, Some(e.size as usize)).await {
-                    Ok(m) => {
+                match self.inner.commitlog.read_checked(e.phys_offset as u64, Some(e.size as usize)).await {
+                    Ok((record, m)) => {
                         bytes += e.size as usize;
                         res.messages.push(StoredMessage {
-                            record: self.inner.commitlog.read(e.phys_offset as u64, e.size as usize).await?,
+                            record,
                             queue_offset: this,
                             phys_offset: m.phys_offset as u64,
                             tags_code: e.tags_code,

@@ -29,6 +29,11 @@ pub const POS_PHYS_OFFSET: usize = 28;
 pub const POS_SYSFLAG: usize = 36;
 pub const POS_BORN_TS: usize = 40;
 
+/// RocketMQ 5.x `enabledAppendPropCRC`: a last property `__CRC32#\x01<10 digits>\x02` holding
+/// the masked CRC32 of the whole record before it, digits least significant first.
+pub const PROPERTY_CRC32: &str = "__CRC32#";
+pub const CRC32_RESERVED_LEN: usize = 8 + 1 + 10 + 1;
+
 pub const PROPERTY_KEYS: &str = "KEYS";
 pub const PROPERTY_TAGS: &str = "TAGS";
 pub const PROPERTY_WAIT: &str = "WAIT";
@@ -78,6 +83,10 @@ pub enum RecordError {
     BadCrc { stored: i32, computed: i32 },
     #[error("topic is not UTF-8")]
     BadTopic,
+    #[error("record CRC mismatch: stored {stored}, computed {computed}")]
+    BadRecordCrc { stored: i64, computed: i32 },
+    #[error("record carries no {PROPERTY_CRC32} property but forceVerifyPropCRC is on")]
+    MissingRecordCrc,
 }
 
 /// RocketMQ's BODYCRC: IEEE CRC32 with bit 31 cleared.
@@ -136,18 +145,29 @@ fn put_host(buf: &mut Vec<u8>, addr: &SocketAddr) {
     buf.put_i32(addr.port() as i32);
 }
 
+/// Length of the encoded properties, with the CRC property when `append_crc`.
+pub fn properties_len(msg: &MessageInner, append_crc: bool) -> usize {
+    let p = msg.properties.len();
+    if !append_crc {
+        return p;
+    }
+    let sep = usize::from(p > 0 && !msg.properties.ends_with(PROP_SEP));
+    p + sep + CRC32_RESERVED_LEN
+}
+
 /// Total record length of `msg`, before any limit is checked.
-pub fn record_len(msg: &MessageInner) -> usize {
+pub fn record_len(msg: &MessageInner, append_crc: bool) -> usize {
     4 + 4 + 4 + 4 + 4 + 8 + 8 + 4 + 8 + host_len(&msg.born_host) + 8 + host_len(&msg.store_host) + 4 + 8
         + 4 + msg.body.len()
         + 1 + msg.topic.len()
-        + 2 + msg.properties.len()
+        + 2 + properties_len(msg, append_crc)
 }
 
 /// Encodes `msg` as a V1 record with queue offset, physical offset and store timestamp set to
-/// 0; the append path patches them with [`patch`]. Limits are checked by the caller.
-pub fn encode(msg: &MessageInner, buf: &mut Vec<u8>) {
-    let len = record_len(msg);
+/// 0 (and, with `append_crc`, a placeholder CRC property); the append path fills them in with
+/// [`patch`]. Limits are checked by the caller.
+pub fn encode(msg: &MessageInner, buf: &mut Vec<u8>, append_crc: bool) {
+    let len = record_len(msg, append_crc);
     let mut sys_flag = msg.sys_flag & !(SYSFLAG_BORNHOST_V6 | SYSFLAG_STOREHOST_V6);
     if msg.born_host.is_ipv6() {
         sys_flag |= SYSFLAG_BORNHOST_V6;
@@ -175,8 +195,17 @@ pub fn encode(msg: &MessageInner, buf: &mut Vec<u8>) {
     buf.put_slice(&msg.body);
     buf.put_u8(msg.topic.len() as u8);
     buf.put_slice(msg.topic.as_bytes());
-    buf.put_i16(msg.properties.len() as i16);
+    buf.put_i16(properties_len(msg, append_crc) as i16);
     buf.put_slice(msg.properties.as_bytes());
+    if append_crc {
+        if !msg.properties.is_empty() && !msg.properties.ends_with(PROP_SEP) {
+            buf.put_u8(PROP_SEP as u8);
+        }
+        buf.put_slice(PROPERTY_CRC32.as_bytes());
+        buf.put_u8(NAME_SEP as u8);
+        buf.put_slice(b"0000000000");
+        buf.put_u8(PROP_SEP as u8);
+    }
     debug_assert_eq!(buf.len(), len);
 }
 
@@ -186,12 +215,49 @@ pub fn store_ts_pos(record: &[u8]) -> usize {
     POS_BORN_TS + 8 + if sys_flag & SYSFLAG_BORNHOST_V6 != 0 { 20 } else { 8 }
 }
 
-/// Sets the fields assigned under the append lock.
+/// Sets the fields assigned under the append lock, then (if the record carries one) the
+/// whole-record CRC, which must be computed last.
 pub fn patch(record: &mut [u8], queue_offset: i64, phys_offset: i64, store_timestamp: i64) {
     record[POS_QUEUE_OFFSET..POS_QUEUE_OFFSET + 8].copy_from_slice(&queue_offset.to_be_bytes());
     record[POS_PHYS_OFFSET..POS_PHYS_OFFSET + 8].copy_from_slice(&phys_offset.to_be_bytes());
     let at = store_ts_pos(record);
     record[at..at + 8].copy_from_slice(&store_timestamp.to_be_bytes());
+    if has_crc_property(record) {
+        let n = record.len() - CRC32_RESERVED_LEN;
+        let mut crc = (crc32fast::hash(&record[..n]) & 0x7FFF_FFFF) as i32;
+        for d in &mut record[n + 9..n + 19] {
+            *d = b'0' + (crc % 10) as u8;
+            crc /= 10;
+        }
+    }
+}
+
+/// Whether the record ends with the `__CRC32#` property layout.
+fn has_crc_property(record: &[u8]) -> bool {
+    let n = record.len();
+    n >= CRC32_RESERVED_LEN
+        && &record[n - CRC32_RESERVED_LEN..n - 12] == PROPERTY_CRC32.as_bytes()
+        && record[n - 12] == NAME_SEP as u8
+        && record[n - 1] == PROP_SEP as u8
+}
+
+fn check_record_crc(record: &[u8], require: bool) -> Result<(), RecordError> {
+    if !has_crc_property(record) {
+        return if require { Err(RecordError::MissingRecordCrc) } else { Ok(()) };
+    }
+    let n = record.len() - CRC32_RESERVED_LEN;
+    let mut stored: i64 = 0;
+    for &d in record[n + 9..n + 19].iter().rev() {
+        if !d.is_ascii_digit() {
+            return Err(RecordError::BadRecordCrc { stored: -1, computed: 0 });
+        }
+        stored = stored * 10 + (d - b'0') as i64;
+    }
+    let computed = (crc32fast::hash(&record[..n]) & 0x7FFF_FFFF) as i32;
+    if stored != computed as i64 {
+        return Err(RecordError::BadRecordCrc { stored, computed });
+    }
+    Ok(())
 }
 
 /// A bounds-checked big-endian reader over one record.
@@ -252,8 +318,10 @@ pub struct DispatchInfo {
 }
 
 /// Fully validates and decodes the record at the start of `buf` (which may extend past it).
-/// `buf` must hold at least the declared size; the caller reads the size first.
-pub fn check_record(buf: &Bytes) -> Result<MessageExt, RecordError> {
+/// `buf` must hold at least the declared size; the caller reads the size first. A record
+/// with a CRC property is always verified against it; `require_crc` also rejects records
+/// without one (RocketMQ's forceVerifyPropCRC).
+pub fn check_record(buf: &Bytes, require_crc: bool) -> Result<MessageExt, RecordError> {
     if buf.len() < 8 {
         return Err(RecordError::BadSize(buf.len() as i64));
     }
@@ -299,6 +367,7 @@ pub fn check_record(buf: &Bytes) -> Result<MessageExt, RecordError> {
     if r.pos != total as usize {
         return Err(RecordError::LengthMismatch { declared: total as usize, needed: r.pos });
     }
+    check_record_crc(&buf[..total as usize], require_crc)?;
     Ok(MessageExt {
         inner: MessageInner {
             topic,

@@ -28,7 +28,7 @@ pub(super) async fn open(cfg: StoreConfig, disk: Disk) -> Result<MessageStore, S
     disk.write_file(&abort_path, b"", true).await?;
     let ckpt = Checkpoint::load(&disk, &root.join("checkpoint")).await?;
 
-    let commitlog = CommitLog::load(&disk, cfg.commit_log_dir(), cfg.mapped_file_size_commit_log).await?;
+    let commitlog = CommitLog::load(&disk, cfg.commit_log_dir(), cfg.mapped_file_size_commit_log, cfg.force_verify_prop_crc).await?;
     let queues = load_queues(&disk, &root, &cfg).await?;
     let index = IndexService::load(&disk, root.join("index"), cfg.max_hash_slot_num, cfg.max_index_num).await?;
     let (flushed_tx, _) = watch::channel(0u64);
@@ -105,7 +105,7 @@ impl MessageStore {
         let start = scan_from.min(redispatch_from - redispatch_from % cl.segment_size());
         tracing::info!(crashed, clean, start, redispatch_from, index_from, "recovering store");
 
-        let (end, stop_reason) = self.scan_and_dispatch(start, redispatch_from, index_from).await?;
+        let (end, stop_reason, confirmed) = self.scan_and_dispatch(start, redispatch_from, index_from).await?;
         if let Some(reason) = &stop_reason {
             tracing::warn!(end, %reason, "recovery: commitlog ends at the last valid record");
         }
@@ -113,7 +113,9 @@ impl MessageStore {
         if dropped > 0 {
             tracing::warn!(from = end, bytes = dropped, "recovery: dropped torn or invalid commitlog tail");
         }
-        self.truncate_queues(end).await?;
+        self.truncate_queues(redispatch_from.min(end), &confirmed).await?;
+        let durable_before = ckpt.map_or(first, |c| c.flushed_offset.clamp(first, end));
+        cl.set_unsynced_from(durable_before - durable_before % cl.segment_size());
         cl.flush(end).await?;
         cl.set_recovered_end(end);
         inner.flushed_tx.send_replace(end);
@@ -150,14 +152,16 @@ impl MessageStore {
     }
 
     /// One pass over the log from `start`: validates every record and re-dispatches those at
-    /// or after `redispatch_from`. Returns the end of the last valid record.
+    /// or after `redispatch_from`. Returns the end of the last valid record, why the scan
+    /// stopped there, and per queue the offset after the last re-dispatched record.
     async fn scan_and_dispatch(
         &self,
         start: u64,
         redispatch_from: u64,
         index_from: u64,
-    ) -> Result<(u64, Option<String>), StoreError> {
+    ) -> Result<(u64, Option<String>, BTreeMap<(String, i32), u64>), StoreError> {
         let mut n = 0usize;
+        let mut confirmed = BTreeMap::new();
         let (end, reason) = self
             .inner
             .commitlog
@@ -167,7 +171,9 @@ impl MessageStore {
                         self.inner.last_store_ts.fetch_max(ts, Ordering::Relaxed);
                     }
                     if m.phys_offset as u64 >= redispatch_from {
-                        self.dispatch(&m.dispatch_info(), index_from).await?;
+                        let d = m.dispatch_info();
+                        self.dispatch(&d, index_from).await?;
+                        confirmed.insert((d.topic, d.queue_id), d.queue_offset as u64 + 1);
                         n += 1;
                     }
                 }
@@ -177,15 +183,27 @@ impl MessageStore {
         if n > 0 {
             tracing::info!(records = n, from = redispatch_from, "recovery: re-dispatched records to consume queues and index");
         }
-        Ok((end, reason))
+        Ok((end, reason, confirmed))
     }
 
-    async fn truncate_queues(&self, end: u64) -> Result<(), StoreError> {
+    /// Keeps in each queue only entries the log vouches for: those before `safe` (durable
+    /// before the checkpoint) and those the scan re-dispatched. Whatever else a queue holds —
+    /// entries for records lost with the log's tail, or a torn entry that looks valid — goes.
+    async fn truncate_queues(&self, safe: u64, confirmed: &BTreeMap<(String, i32), u64>) -> Result<(), StoreError> {
         let queues: Vec<Arc<ConsumeQueue>> = self.inner.queues.read().unwrap().values().cloned().collect();
         for cq in queues {
-            if let Some((from, to)) = cq.truncate_dirty(end).await? {
+            let dropped = match confirmed.get(&(cq.topic.clone(), cq.queue_id)) {
+                Some(&keep) if keep < cq.max_offset() => {
+                    let to = cq.max_offset();
+                    cq.truncate_to(keep).await?;
+                    Some((keep, to))
+                }
+                Some(_) => None,
+                None => cq.truncate_dirty(safe).await?,
+            };
+            if let Some((from, to)) = dropped {
                 tracing::warn!(topic = %cq.topic, queue = cq.queue_id, from, to,
-                    "recovery: dropped consume queue entries pointing past the commitlog end {end}");
+                    "recovery: dropped consume queue entries the commitlog does not hold");
             }
         }
         Ok(())

@@ -14,7 +14,7 @@
 use super::checkpoint::Checkpoint;
 use super::consume_queue::ConsumeQueue;
 use super::{FlushDiskType, MessageStore, StoreError, DISK_WARNING_RATIO};
-use crate::rt::time::{sleep, Duration, Instant};
+use crate::rt::time::{sleep, Duration};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -53,12 +53,12 @@ impl MessageStore {
         let sync = inner.cfg.flush_disk_type == FlushDiskType::SyncFlush;
         let interval = Duration::from_millis(inner.cfg.flush_interval_commit_log_ms.max(1));
         let thorough = Duration::from_millis(inner.cfg.flush_commit_log_thorough_interval_ms);
-        let mut last_full = Instant::now();
+        let mut last_full = crate::rt::instant();
         while !self.stopping() {
             if sync {
+                // Woken by each waiting put (a Notify permit is never lost), so no polling.
                 crate::rt::select! {
                     _ = inner.flush_wakeup.notified() => {}
-                    _ = sleep(Duration::from_millis(10)) => {}
                     _ = shutdown.changed() => break,
                 }
             } else {
@@ -80,7 +80,7 @@ impl MessageStore {
                 Ok(()) => {
                     inner.flushed_tx.send_replace(target);
                     if full_due || sync {
-                        last_full = Instant::now();
+                        last_full = crate::rt::instant();
                     }
                 }
                 Err(e) => {

@@ -25,7 +25,10 @@ pub enum SimFault {
     Stall(crate::rt::time::Instant),
     /// Every call takes this much longer.
     Slow(Duration),
-    /// Writes, creates and syncs fail with ENOSPC.
+    /// Every sync takes this much longer (an fsync stuck behind the device).
+    SlowSync(Duration),
+    /// No free space: creating a segment or writing a file fails with ENOSPC. Writes into
+    /// space already allocated (a preallocated segment) still succeed, as on a real disk.
     Full,
     /// Every call fails with EIO.
     Eio,
@@ -49,6 +52,7 @@ struct State {
     generation: u64,
     faults: Vec<SimFault>,
     capacity_bytes: u64,
+    syncs: u64,
 }
 
 /// The in-memory disk of one simulated node. Clones share it.
@@ -104,6 +108,11 @@ impl SimDisk {
     /// Total capacity used for `usage_ratio` (default 64 GiB).
     pub fn set_capacity(&self, bytes: u64) {
         self.state.lock().unwrap().capacity_bytes = bytes;
+    }
+
+    /// Bytes allocated by all files (what `usage_ratio` divides by the capacity).
+    pub fn used_bytes(&self) -> u64 {
+        Self::used(&self.state.lock().unwrap())
     }
 
     pub fn set_faults(&self, faults: Vec<SimFault>) {
@@ -170,11 +179,17 @@ impl SimDisk {
     /// Applies the active faults to one call: waits out stalls and slowness, then fails it if
     /// the disk is broken or (for writes) full.
     async fn gate(&self, write: bool) -> io::Result<()> {
+        self.gate_op(write, false).await
+    }
+
+    async fn gate_op(&self, write: bool, sync: bool) -> io::Result<()> {
         let faults = self.state.lock().unwrap().faults.clone();
         for fault in faults {
             match fault {
                 SimFault::Stall(until) => crate::rt::time::sleep_until(until).await,
                 SimFault::Slow(d) => crate::rt::time::sleep(d).await,
+                SimFault::SlowSync(d) if sync => crate::rt::time::sleep(d).await,
+                SimFault::SlowSync(_) => {}
                 SimFault::Eio => return Err(eio("disk failed")),
                 SimFault::Full if write => return Err(enospc()),
                 SimFault::Full => {}
@@ -318,6 +333,11 @@ impl SimDisk {
         Ok(SimLock { disk: self.clone(), dir: dir.to_path_buf(), generation: st.generation })
     }
 
+    /// Segment syncs completed so far (group commit shows as far fewer syncs than puts).
+    pub fn sync_count(&self) -> u64 {
+        self.state.lock().unwrap().syncs
+    }
+
     /// Number of bytes of `path` that would survive a power loss now (for tests).
     pub fn durable_len(&self, path: &Path) -> Option<usize> {
         let st = self.state.lock().unwrap();
@@ -335,7 +355,11 @@ impl SimSegment {
     }
 
     async fn enter(&self, write: bool) -> io::Result<()> {
-        self.disk.gate(write).await?;
+        self.enter_op(write, false).await
+    }
+
+    async fn enter_op(&self, write: bool, sync: bool) -> io::Result<()> {
+        self.disk.gate_op(write, sync).await?;
         if self.disk.state.lock().unwrap().generation != self.generation {
             return Err(eio("handle belongs to a crashed process"));
         }
@@ -344,7 +368,7 @@ impl SimSegment {
 
     pub async fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()> {
         check_range(&self.path, self.size, pos, data.len() as u64);
-        self.enter(true).await?;
+        self.enter(false).await?;
         let mut f = self.file.lock().unwrap();
         let end = pos as usize + data.len();
         if f.written.len() < end {
@@ -371,7 +395,8 @@ impl SimSegment {
             return Ok(());
         }
         check_range(&self.path, self.size, from, to - from);
-        self.enter(true).await?;
+        self.enter_op(false, true).await?;
+        self.disk.state.lock().unwrap().syncs += 1;
         let mut f = self.file.lock().unwrap();
         // Whole pages become durable, as msync works on pages.
         let start = (from as usize / PAGE) * PAGE;

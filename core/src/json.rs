@@ -1,0 +1,83 @@
+//! Tolerant JSON input: RocketMQ (fastjson) writes maps with integer keys unquoted
+//! (`{"offsetTable":{"t@g":{0:125,1:98}}}`), which is not JSON. [`quote_numeric_keys`]
+//! rewrites such keys as strings outside string literals so serde can read them.
+
+/// Quotes bare integer object keys: `{0:1, -2 :3}` becomes `{"0":1, "-2" :3}`.
+pub fn quote_numeric_keys(text: &str) -> std::borrow::Cow<'_, str> {
+    let b = text.as_bytes();
+    let mut out: Option<String> = None;
+    let mut in_str = false;
+    let mut escaped = false;
+    let mut last_copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if in_str {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'"' {
+            in_str = true;
+        } else if c == b'{' || c == b',' {
+            let mut j = i + 1;
+            while j < b.len() && b[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            let start = j;
+            if j < b.len() && b[j] == b'-' {
+                j += 1;
+            }
+            let digits = j;
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            let mut k = j;
+            while k < b.len() && b[k].is_ascii_whitespace() {
+                k += 1;
+            }
+            if j > digits && k < b.len() && b[k] == b':' {
+                let o = out.get_or_insert_with(|| String::with_capacity(text.len() + 16));
+                o.push_str(&text[last_copied..start]);
+                o.push('"');
+                o.push_str(&text[start..j]);
+                o.push('"');
+                last_copied = j;
+                i = j;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    match out {
+        None => std::borrow::Cow::Borrowed(text),
+        Some(mut o) => {
+            o.push_str(&text[last_copied..]);
+            std::borrow::Cow::Owned(o)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote_numeric_keys;
+
+    #[test]
+    fn quotes_integer_keys_but_not_values_or_strings() {
+        let s = r#"{"offsetTable":{"t@g":{0:125, 1 :98}},"x":"{3:4}","n":[1,2]}"#;
+        assert_eq!(quote_numeric_keys(s), r#"{"offsetTable":{"t@g":{"0":125, "1" :98}},"x":"{3:4}","n":[1,2]}"#);
+        let v: serde_json::Value = serde_json::from_str(&quote_numeric_keys(s)).unwrap();
+        assert_eq!(v["offsetTable"]["t@g"]["1"], 98);
+    }
+
+    #[test]
+    fn leaves_valid_json_untouched() {
+        let s = r#"{"a":{"0":1},"b":[{"c":2}]}"#;
+        assert!(matches!(quote_numeric_keys(s), std::borrow::Cow::Borrowed(_)));
+    }
+}
