@@ -29,6 +29,8 @@ pub struct CommitLog {
     flushed: AtomicU64,
     /// forceVerifyPropCRC: records without the whole-record CRC count as corrupt.
     require_crc: bool,
+    /// warmMapedFileEnable for new segments.
+    warm: bool,
 }
 
 /// One step of a scan: a valid record, or the blank end of a segment.
@@ -39,7 +41,7 @@ pub enum ScanItem {
 
 impl CommitLog {
     /// Opens every segment in `dir`. A segment of the wrong size is an error (as in RocketMQ).
-    pub async fn load(disk: &Disk, dir: PathBuf, segment_size: u64, require_crc: bool) -> Result<CommitLog, StoreError> {
+    pub async fn load(disk: &Disk, dir: PathBuf, segment_size: u64, require_crc: bool, warm: bool) -> Result<CommitLog, StoreError> {
         assert!(segment_size as usize > BLANK_LEN * 2);
         disk.create_dir_all(&dir).await?;
         let mut segments = BTreeMap::new();
@@ -64,6 +66,7 @@ impl CommitLog {
             write_pos: AtomicU64::new(end),
             flushed: AtomicU64::new(end),
             require_crc,
+            warm,
         })
     }
 
@@ -99,6 +102,7 @@ impl CommitLog {
             return Ok(s);
         }
         let seg = self.disk.open_segment(&self.dir.join(file_name(base)), self.segment_size).await?;
+        seg.set_warm(self.warm);
         self.segments.write().unwrap().insert(base, seg.clone());
         Ok(seg)
     }

@@ -35,6 +35,9 @@ pub struct StoreConfig {
     pub enabled_append_prop_crc: bool,
     /// Reject records that lack the CRC property on read and recovery.
     pub force_verify_prop_crc: bool,
+    /// warmMapedFileEnable; unset means on under SYNC_FLUSH, off under ASYNC_FLUSH (see
+    /// BENCHMARKS.md: it shortens each sync and costs write bandwidth).
+    pub warm_mapped_file_enable: Option<bool>,
     /// `brokerIP1:listenPort`, written into every record's STOREHOST.
     pub store_host: std::net::SocketAddr,
 }
@@ -62,6 +65,7 @@ impl Default for StoreConfig {
             message_index_enable: true,
             enabled_append_prop_crc: true,
             force_verify_prop_crc: true,
+            warm_mapped_file_enable: None,
             store_host: "127.0.0.1:10911".parse().unwrap(),
         }
     }
@@ -89,6 +93,7 @@ pub const STORE_KEYS: &[&str] = &[
     "messageIndexEnable",
     "enabledAppendPropCRC",
     "forceVerifyPropCRC",
+    "warmMapedFileEnable",
 ];
 
 fn num<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
@@ -162,9 +167,14 @@ impl StoreConfig {
             "messageIndexEnable" => self.message_index_enable = boolean(key, value)?,
             "enabledAppendPropCRC" => self.enabled_append_prop_crc = boolean(key, value)?,
             "forceVerifyPropCRC" => self.force_verify_prop_crc = boolean(key, value)?,
+            "warmMapedFileEnable" => self.warm_mapped_file_enable = Some(boolean(key, value)?),
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    pub fn warm_mapped_file(&self) -> bool {
+        self.warm_mapped_file_enable.unwrap_or(self.flush_disk_type == FlushDiskType::SyncFlush)
     }
 
     /// Hours of the day (UTC) at which expired files are deleted.

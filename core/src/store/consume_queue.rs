@@ -202,7 +202,14 @@ impl ConsumeQueue {
     }
 
     pub async fn entry(&self, offset: u64) -> Result<Option<Entry>, StoreError> {
-        Ok(self.entries(offset, 1).await?.into_iter().next())
+        if offset >= self.max_offset() || offset < self.min_offset() {
+            return Ok(None);
+        }
+        let pos = offset * ENTRY_SIZE;
+        let Some((base, seg)) = self.file_at(pos) else { return Ok(None) };
+        let mut b = [0u8; ENTRY_SIZE as usize];
+        seg.read_into(pos - base, &mut b).await?;
+        Ok(Some(Entry::decode(&b)))
     }
 
     /// The commitlog offset just past the last entry, or 0 if the queue is empty.

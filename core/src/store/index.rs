@@ -81,8 +81,9 @@ impl IndexFile {
     }
 
     async fn read_i32(&self, pos: u64) -> Result<i32, StoreError> {
-        let b = self.seg.read_at(pos, 4).await?;
-        Ok(i32::from_be_bytes(b[..4].try_into().unwrap()))
+        let mut b = [0u8; 4];
+        self.seg.read_into(pos, &mut b).await?;
+        Ok(i32::from_be_bytes(b))
     }
 
     async fn put(&mut self, key: &str, phys: i64, store_ts: i64) -> Result<(), StoreError> {
@@ -130,7 +131,8 @@ impl IndexFile {
         let mut steps = 0;
         while cur > 0 && cur < count && out.len() < max && steps < self.max_entries {
             let pos = HEADER_SIZE + self.slots * 4 + cur as u64 * ENTRY;
-            let e = self.seg.read_at(pos, ENTRY as usize).await?;
+            let mut e = [0u8; ENTRY as usize];
+            self.seg.read_into(pos, &mut e).await?;
             let h = i32::from_be_bytes(e[0..4].try_into().unwrap());
             let phys = i64::from_be_bytes(e[4..12].try_into().unwrap());
             let diff = i32::from_be_bytes(e[12..16].try_into().unwrap()) as i64;

@@ -132,7 +132,7 @@ pub(crate) struct Inner {
     disk: Disk,
     root: PathBuf,
     commitlog: CommitLog,
-    queues: RwLock<BTreeMap<(String, i32), Arc<ConsumeQueue>>>,
+    queues: RwLock<QueueTable>,
     index: crate::rt::sync::Mutex<IndexService>,
     put: crate::rt::sync::Mutex<PutState>,
     /// Commitlog offset up to which consume queues and index are built.
@@ -142,7 +142,12 @@ pub(crate) struct Inner {
     shutdown_tx: watch::Sender<bool>,
     disk_full: AtomicBool,
     last_store_ts: AtomicU64,
+    /// Commitlog syncs done by the flusher and the time they took.
+    flush_count: AtomicU64,
+    flush_nanos: AtomicU64,
     lock: std::sync::Mutex<Option<DirLock>>,
+    /// One checkpoint at a time: they share `checkpoint.tmp`.
+    checkpoint_lock: crate::rt::sync::Mutex<()>,
     tasks: std::sync::Mutex<Vec<crate::rt::task::JoinHandle<()>>>,
 }
 
@@ -150,6 +155,33 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct MessageStore {
     inner: Arc<Inner>,
+}
+
+/// Consume queues by topic, then queue id; looked up by `&str` so the put path allocates no key.
+#[derive(Default)]
+pub(crate) struct QueueTable(BTreeMap<String, BTreeMap<i32, Arc<ConsumeQueue>>>);
+
+impl QueueTable {
+    fn get(&self, topic: &str, queue_id: i32) -> Option<&Arc<ConsumeQueue>> {
+        self.0.get(topic).and_then(|q| q.get(&queue_id))
+    }
+
+    pub(crate) fn insert(&mut self, cq: Arc<ConsumeQueue>) {
+        self.0.entry(cq.topic.clone()).or_default().insert(cq.queue_id, cq);
+    }
+
+    /// Every queue, sorted by topic and queue id.
+    pub(crate) fn all(&self) -> Vec<Arc<ConsumeQueue>> {
+        self.0.values().flat_map(|q| q.values().cloned()).collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
 }
 
 /// The key a message is indexed under.
@@ -283,23 +315,22 @@ impl MessageStore {
     }
 
     pub(crate) fn queue(&self, topic: &str, queue_id: i32) -> Arc<ConsumeQueue> {
-        let key = (topic.to_string(), queue_id);
-        let existing = self.inner.queues.read().unwrap().get(&key).cloned();
+        let existing = self.inner.queues.read().unwrap().get(topic, queue_id).cloned();
         if let Some(q) = existing {
             return q;
         }
         let mut queues = self.inner.queues.write().unwrap();
-        queues
-            .entry(key)
-            .or_insert_with(|| {
-                let dir = self.inner.root.join("consumequeue").join(topic).join(queue_id.to_string());
-                Arc::new(ConsumeQueue::new(&self.inner.disk, dir, topic, queue_id, self.inner.cfg.mapped_file_size_consume_queue))
-            })
-            .clone()
+        if let Some(q) = queues.get(topic, queue_id) {
+            return q.clone();
+        }
+        let dir = self.inner.root.join("consumequeue").join(topic).join(queue_id.to_string());
+        let cq = Arc::new(ConsumeQueue::new(&self.inner.disk, dir, topic, queue_id, self.inner.cfg.mapped_file_size_consume_queue));
+        queues.insert(cq.clone());
+        cq
     }
 
     fn existing_queue(&self, topic: &str, queue_id: i32) -> Option<Arc<ConsumeQueue>> {
-        self.inner.queues.read().unwrap().get(&(topic.to_string(), queue_id)).cloned()
+        self.inner.queues.read().unwrap().get(topic, queue_id).cloned()
     }
 
     /// The dispatcher: builds the consume-queue entry and index keys of one record. Used for
@@ -524,19 +555,24 @@ impl MessageStore {
         self.inner.commitlog.write_pos()
     }
 
+    /// (syncs, total ns spent in them) by the commitlog flusher since open.
+    pub fn flush_stats(&self) -> (u64, u64) {
+        (self.inner.flush_count.load(Ordering::Relaxed), self.inner.flush_nanos.load(Ordering::Relaxed))
+    }
+
     pub fn commitlog_flushed_offset(&self) -> u64 {
         self.inner.commitlog.flushed()
     }
 
     /// Every (topic, queue id) with a consume queue, sorted.
     pub fn queue_ids(&self) -> Vec<(String, i32)> {
-        self.inner.queues.read().unwrap().keys().cloned().collect()
+        self.inner.queues.read().unwrap().all().iter().map(|q| (q.topic.clone(), q.queue_id)).collect()
     }
 
     /// Number of files per kind, for retention checks and status output.
     pub async fn file_counts(&self) -> (usize, usize, usize) {
         let cl = self.inner.commitlog.segment_bases().len();
-        let cq = self.inner.queues.read().unwrap().values().map(|q| q.file_count()).sum();
+        let cq = self.inner.queues.read().unwrap().all().iter().map(|q| q.file_count()).sum();
         let idx = self.inner.index.lock().await.file_count();
         (cl, cq, idx)
     }

@@ -127,7 +127,12 @@ pub fn string_to_properties(s: &str) -> Vec<(&str, &str)> {
 }
 
 pub fn property<'a>(props: &'a str, name: &str) -> Option<&'a str> {
-    string_to_properties(props).into_iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    props
+        .split(PROP_SEP)
+        .filter(|e| e.len() >= 3)
+        .filter_map(|e| e.split_once(NAME_SEP))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 fn host_len(addr: &SocketAddr) -> usize {
@@ -420,7 +425,18 @@ pub fn offset_msg_id(store_host: &SocketAddr, phys_offset: i64) -> String {
     let mut raw = Vec::with_capacity(28);
     put_host(&mut raw, store_host);
     raw.put_i64(phys_offset);
-    raw.iter().map(|b| format!("{b:02X}")).collect()
+    hex_upper(&raw)
+}
+
+/// Uppercase hex, as RocketMQ's `UtilAll.bytes2string`.
+pub fn hex_upper(raw: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut s = String::with_capacity(raw.len() * 2);
+    for b in raw {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 0xF) as usize] as char);
+    }
+    s
 }
 
 /// Decodes an offsetMsgId into (store host, physical offset).

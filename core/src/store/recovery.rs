@@ -12,7 +12,7 @@ use super::checkpoint::Checkpoint;
 use super::commitlog::{CommitLog, ScanItem};
 use super::consume_queue::ConsumeQueue;
 use super::index::IndexService;
-use super::{Inner, MessageStore, PutState, StoreConfig, StoreError};
+use super::{Inner, MessageStore, PutState, QueueTable, StoreConfig, StoreError};
 use crate::rt::disk::Disk;
 use crate::rt::sync::{watch, Mutex, Notify};
 use std::collections::{BTreeMap, HashMap};
@@ -28,7 +28,7 @@ pub(super) async fn open(cfg: StoreConfig, disk: Disk) -> Result<MessageStore, S
     disk.write_file(&abort_path, b"", true).await?;
     let ckpt = Checkpoint::load(&disk, &root.join("checkpoint")).await?;
 
-    let commitlog = CommitLog::load(&disk, cfg.commit_log_dir(), cfg.mapped_file_size_commit_log, cfg.force_verify_prop_crc).await?;
+    let commitlog = CommitLog::load(&disk, cfg.commit_log_dir(), cfg.mapped_file_size_commit_log, cfg.force_verify_prop_crc, cfg.warm_mapped_file()).await?;
     let queues = load_queues(&disk, &root, &cfg).await?;
     let index = IndexService::load(&disk, root.join("index"), cfg.max_hash_slot_num, cfg.max_index_num).await?;
     let (flushed_tx, _) = watch::channel(0u64);
@@ -48,7 +48,10 @@ pub(super) async fn open(cfg: StoreConfig, disk: Disk) -> Result<MessageStore, S
             shutdown_tx,
             disk_full: AtomicBool::new(false),
             last_store_ts: AtomicU64::new(0),
+            flush_count: AtomicU64::new(0),
+            flush_nanos: AtomicU64::new(0),
             lock: std::sync::Mutex::new(Some(lock)),
+            checkpoint_lock: Mutex::new(()),
             tasks: std::sync::Mutex::new(Vec::new()),
         }),
     };
@@ -61,16 +64,16 @@ async fn load_queues(
     disk: &Disk,
     root: &std::path::Path,
     cfg: &StoreConfig,
-) -> Result<BTreeMap<(String, i32), Arc<ConsumeQueue>>, StoreError> {
+) -> Result<QueueTable, StoreError> {
     let cq_root = root.join("consumequeue");
-    let mut queues = BTreeMap::new();
+    let mut queues = QueueTable::default();
     for topic in disk.list(&cq_root).await? {
         for qid in disk.list(&cq_root.join(&topic)).await? {
             let Ok(queue_id) = qid.parse::<i32>() else { continue };
             let dir = cq_root.join(&topic).join(&qid);
             let cq = ConsumeQueue::new(disk, dir, &topic, queue_id, cfg.mapped_file_size_consume_queue);
             cq.load().await?;
-            queues.insert((topic.clone(), queue_id), Arc::new(cq));
+            queues.insert(Arc::new(cq));
         }
     }
     Ok(queues)
@@ -190,7 +193,7 @@ impl MessageStore {
     /// before the checkpoint) and those the scan re-dispatched. Whatever else a queue holds —
     /// entries for records lost with the log's tail, or a torn entry that looks valid — goes.
     async fn truncate_queues(&self, safe: u64, confirmed: &BTreeMap<(String, i32), u64>) -> Result<(), StoreError> {
-        let queues: Vec<Arc<ConsumeQueue>> = self.inner.queues.read().unwrap().values().cloned().collect();
+        let queues = self.inner.queues.read().unwrap().all();
         for cq in queues {
             let dropped = match confirmed.get(&(cq.topic.clone(), cq.queue_id)) {
                 Some(&keep) if keep < cq.max_offset() => {
@@ -211,8 +214,8 @@ impl MessageStore {
 
     async fn rebuild_offset_table(&self) {
         let mut st = self.inner.put.lock().await;
-        for ((topic, qid), cq) in self.inner.queues.read().unwrap().iter() {
-            st.offsets.entry(topic.clone()).or_default().insert(*qid, cq.max_offset());
+        for cq in self.inner.queues.read().unwrap().all() {
+            st.offsets.entry(cq.topic.clone()).or_default().insert(cq.queue_id, cq.max_offset());
         }
     }
 }

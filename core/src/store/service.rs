@@ -76,9 +76,18 @@ impl MessageStore {
             if !sync && !full_due && dirty < inner.cfg.flush_commit_log_least_pages * PAGE {
                 continue;
             }
-            match inner.commitlog.flush(target).await {
+            let started = crate::rt::instant();
+            let result = inner.commitlog.flush(target).await;
+            inner.flush_count.fetch_add(1, Ordering::Relaxed);
+            inner.flush_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            match result {
                 Ok(()) => {
                     inner.flushed_tx.send_replace(target);
+                    if sync {
+                        // Let the writers just woken append again before the next sync, so
+                        // it carries a whole group rather than the first few stragglers.
+                        crate::rt::task::yield_now().await;
+                    }
                     if full_due || sync {
                         last_full = crate::rt::instant();
                     }
@@ -108,8 +117,9 @@ impl MessageStore {
     /// Syncs consume queues and index, then records how far they (and the log) are durable.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
+        let _one_at_a_time = inner.checkpoint_lock.lock().await;
         let dispatched = inner.dispatched.load(Ordering::Acquire);
-        let queues: Vec<Arc<ConsumeQueue>> = inner.queues.read().unwrap().values().cloned().collect();
+        let queues: Vec<Arc<ConsumeQueue>> = inner.queues.read().unwrap().all();
         for cq in queues {
             cq.flush().await?;
         }
@@ -176,7 +186,7 @@ impl MessageStore {
             }
         }
         let log_min = inner.commitlog.min_offset();
-        let queues: Vec<Arc<ConsumeQueue>> = inner.queues.read().unwrap().values().cloned().collect();
+        let queues: Vec<Arc<ConsumeQueue>> = inner.queues.read().unwrap().all();
         for cq in queues {
             report.consume_queue_files += cq.remove_expired(log_min).await?;
         }
