@@ -1,3 +1,9 @@
+//! Keel's core: everything a RocketMQ-compatible broker needs, written against one runtime
+//! seam ([`rt`]) so the same code runs on tokio in production and inside madsim in simulation.
+//!
+//! Data flows one way: [`store`] knows nothing of the broker; [`config`] reads RocketMQ's
+//! properties files; [`rt`] is the only door to time, tasks, network, randomness and disk.
+
 pub mod config;
 pub mod json;
 pub mod rt;

@@ -1,6 +1,9 @@
 //! Java `.properties` parsing as RocketMQ operators write it: `key=value`, `key:value` or
+
 //! `key value`, `#`/`!` comments, backslash line continuations. Each entry keeps its line
 //! number so a bad value can be reported as `file:line: key`.
+
+pub mod broker;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {

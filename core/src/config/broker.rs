@@ -1,0 +1,165 @@
+//! `broker.properties`: RocketMQ's keys and defaults. The store's keys go to
+//! [`StoreConfig`]; the broker's own are kept here. Unlike RocketMQ, which ignores unknown
+//! keys and bad values silently, an unknown key is a warning naming the closest known key, and
+//! a bad value is an error naming the file, line and key.
+
+use super::{closest, parse_properties};
+use crate::store::config::{StoreConfig, STORE_KEYS};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerRole {
+    AsyncMaster,
+    SyncMaster,
+    Slave,
+}
+
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    pub broker_cluster_name: String,
+    pub broker_name: String,
+    pub broker_id: u64,
+    pub broker_role: BrokerRole,
+    /// `;`-separated name server addresses.
+    pub namesrv_addr: Option<String>,
+    pub listen_port: u16,
+    pub broker_ip1: String,
+    pub store: StoreConfig,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            broker_cluster_name: "DefaultCluster".into(),
+            broker_name: "broker-a".into(),
+            broker_id: 0,
+            broker_role: BrokerRole::AsyncMaster,
+            namesrv_addr: None,
+            listen_port: 10911,
+            broker_ip1: "127.0.0.1".into(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+/// RocketMQ broker keys accepted and shown by `-p` that later parts of Keel act on.
+const BROKER_KEYS: &[&str] = &["brokerClusterName", "brokerName", "brokerId", "brokerRole", "namesrvAddr", "listenPort", "brokerIP1"];
+
+/// A bad value: where it is and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+impl BrokerConfig {
+    /// Applies one key; `Ok(false)` for an unknown key.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<bool, String> {
+        let v = value.trim();
+        match key {
+            "brokerClusterName" => self.broker_cluster_name = v.into(),
+            "brokerName" => self.broker_name = v.into(),
+            "brokerId" => self.broker_id = v.parse().map_err(|_| format!("{key}: '{value}' is not a number"))?,
+            "brokerRole" => {
+                self.broker_role = match v {
+                    "ASYNC_MASTER" => BrokerRole::AsyncMaster,
+                    "SYNC_MASTER" => BrokerRole::SyncMaster,
+                    "SLAVE" => BrokerRole::Slave,
+                    _ => return Err(format!("{key}: '{value}' is not ASYNC_MASTER, SYNC_MASTER or SLAVE")),
+                }
+            }
+            "namesrvAddr" => self.namesrv_addr = Some(v.into()),
+            "listenPort" => self.listen_port = v.parse().map_err(|_| format!("{key}: '{value}' is not a port"))?,
+            "brokerIP1" => self.broker_ip1 = v.into(),
+            _ => return self.store.set(key, value),
+        }
+        Ok(true)
+    }
+
+    /// Parses properties text. Returns the config and one warning per unknown key.
+    pub fn from_properties(text: &str, file: &str) -> Result<(BrokerConfig, Vec<String>), ConfigError> {
+        let mut cfg = BrokerConfig::default();
+        let mut warnings = Vec::new();
+        for e in parse_properties(text) {
+            match cfg.set(&e.key, &e.value) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let known = BROKER_KEYS.iter().chain(STORE_KEYS.iter()).copied();
+                    let hint = closest(&e.key, known).map(|k| format!(" (did you mean {k}?)")).unwrap_or_default();
+                    warnings.push(format!("{file}:{}: unknown key {}{hint}; ignored", e.line, e.key));
+                }
+                Err(message) => return Err(ConfigError { file: file.into(), line: e.line, message }),
+            }
+        }
+        cfg.store.store_host = format!("{}:{}", cfg.broker_ip1, cfg.listen_port)
+            .parse()
+            .map_err(|_| ConfigError { file: file.into(), line: 0, message: format!("brokerIP1: '{}' is not an IP address", cfg.broker_ip1) })?;
+        Ok((cfg, warnings))
+    }
+
+    /// Every key and value, as `-p` prints them (`-m`: only the important ones).
+    pub fn describe(&self, important_only: bool) -> Vec<(&'static str, String)> {
+        let s = &self.store;
+        let mut out = vec![
+            ("brokerClusterName", self.broker_cluster_name.clone()),
+            ("brokerName", self.broker_name.clone()),
+            ("brokerId", self.broker_id.to_string()),
+            ("brokerRole", format!("{:?}", self.broker_role).to_uppercase().replace("ASYNCMASTER", "ASYNC_MASTER").replace("SYNCMASTER", "SYNC_MASTER")),
+            ("namesrvAddr", self.namesrv_addr.clone().unwrap_or_default()),
+            ("listenPort", self.listen_port.to_string()),
+            ("brokerIP1", self.broker_ip1.clone()),
+            ("storePathRootDir", s.store_path_root_dir.display().to_string()),
+            ("storePathCommitLog", s.commit_log_dir().display().to_string()),
+            ("flushDiskType", if s.flush_disk_type == crate::store::FlushDiskType::SyncFlush { "SYNC_FLUSH" } else { "ASYNC_FLUSH" }.into()),
+        ];
+        if !important_only {
+            out.extend([
+                ("mappedFileSizeCommitLog", s.mapped_file_size_commit_log.to_string()),
+                ("mappedFileSizeConsumeQueue", s.mapped_file_size_consume_queue.to_string()),
+                ("flushIntervalCommitLog", s.flush_interval_commit_log_ms.to_string()),
+                ("flushCommitLogLeastPages", s.flush_commit_log_least_pages.to_string()),
+                ("flushCommitLogThoroughInterval", s.flush_commit_log_thorough_interval_ms.to_string()),
+                ("flushIntervalConsumeQueue", s.flush_interval_consume_queue_ms.to_string()),
+                ("syncFlushTimeout", s.sync_flush_timeout_ms.to_string()),
+                ("maxMessageSize", s.max_message_size.to_string()),
+                ("fileReservedTime", s.file_reserved_time_hours.to_string()),
+                ("deleteWhen", s.delete_when.clone()),
+                ("diskMaxUsedSpaceRatio", s.disk_max_used_space_ratio.to_string()),
+                ("cleanResourceInterval", s.clean_resource_interval_ms.to_string()),
+                ("maxHashSlotNum", s.max_hash_slot_num.to_string()),
+                ("maxIndexNum", s.max_index_num.to_string()),
+                ("messageIndexEnable", s.message_index_enable.to_string()),
+                ("enabledAppendPropCRC", s.enabled_append_prop_crc.to_string()),
+                ("forceVerifyPropCRC", s.force_verify_prop_crc.to_string()),
+                ("warmMapedFileEnable", s.warm_mapped_file().to_string()),
+            ]);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_rocketmq_broker_conf() {
+        let text = "brokerClusterName = DefaultCluster\nbrokerName = broker-a\nbrokerId = 0\ndeleteWhen = 04\nfileReservedTime = 48\nbrokerRole = ASYNC_MASTER\nflushDiskType = SYNC_FLUSH\n";
+        let (cfg, warnings) = BrokerConfig::from_properties(text, "broker.conf").unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(cfg.store.file_reserved_time_hours, 48);
+        assert_eq!(cfg.store.flush_disk_type, crate::store::FlushDiskType::SyncFlush);
+        assert!(cfg.store.warm_mapped_file());
+    }
+
+    #[test]
+    fn unknown_keys_warn_with_a_suggestion_and_bad_values_name_file_line_and_key() {
+        let (_, warnings) = BrokerConfig::from_properties("flushDiskTyp=SYNC_FLUSH\n", "b.properties").unwrap();
+        assert_eq!(warnings, ["b.properties:1: unknown key flushDiskTyp (did you mean flushDiskType?); ignored"]);
+        let err = BrokerConfig::from_properties("brokerName=a\nflushDiskType=FAST\n", "b.properties").unwrap_err();
+        assert_eq!(err.to_string(), "b.properties:2: flushDiskType: 'FAST' is not ASYNC_FLUSH or SYNC_FLUSH");
+        let err = BrokerConfig::from_properties("maxMessageSize=4M\n", "b.properties").unwrap_err();
+        assert!(err.to_string().contains("b.properties:1: maxMessageSize"), "{err}");
+    }
+}
