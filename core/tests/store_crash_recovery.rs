@@ -81,7 +81,14 @@ async fn check_recovered(store: &MessageStore, sent: &[Sent], all_must_survive: 
         }
         for q in 15..24 {
             let g = store.get_message("A", 1, q, 1, 1 << 20, None).await.unwrap();
-            eprintln!("DEBUG cq A-1 q={q} {:?} {:?} corrupt={} min={} max={}", g.status, g.messages.first().map(|m| m.phys_offset), g.corrupt_skipped, g.min_offset, g.max_offset);
+            eprintln!(
+                "DEBUG cq A-1 q={q} {:?} {:?} corrupt={} min={} max={}",
+                g.status,
+                g.messages.first().map(|m| m.phys_offset),
+                g.corrupt_skipped,
+                g.min_offset,
+                g.max_offset
+            );
         }
         panic!("seed {seed}: integrity: {e}");
     }
@@ -98,7 +105,11 @@ async fn check_recovered(store: &MessageStore, sent: &[Sent], all_must_survive: 
             assert!(lost_at.is_none(), "seed {seed}: put #{i} survived but earlier put #{lost_at:?} did not");
             survivors.push(s.clone());
         } else {
-            assert!(!s.durable, "seed {seed}: durable put #{i} ({}-{} offset {}) was lost", s.topic, s.queue_id, s.queue_offset);
+            assert!(
+                !s.durable,
+                "seed {seed}: durable put #{i} ({}-{} offset {}) was lost",
+                s.topic, s.queue_id, s.queue_offset
+            );
             assert!(!all_must_survive, "seed {seed}: put #{i} lost in a process crash");
             lost_at.get_or_insert(i);
         }

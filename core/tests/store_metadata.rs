@@ -2,7 +2,9 @@
 //! replacement with a .bak, and RocketMQ's unquoted integer keys on the way in.
 
 use keel_core::rt::disk::{Disk, SimDisk};
-use keel_core::store::meta::{self, ConsumerOffsetTable, SubscriptionGroupConfig, SubscriptionGroupTable, TopicConfig, TopicConfigTable};
+use keel_core::store::meta::{
+    self, ConsumerOffsetTable, SubscriptionGroupConfig, SubscriptionGroupTable, TopicConfig, TopicConfigTable,
+};
 use std::path::Path;
 
 #[tokio::test]
@@ -12,19 +14,33 @@ async fn tables_round_trip_in_rocketmq_json_shape() {
     let mut topics = TopicConfigTable::default();
     topics.topic_config_table.insert(
         "TopicTest".into(),
-        TopicConfig { topic_name: "TopicTest".into(), read_queue_nums: 8, write_queue_nums: 4, ..TopicConfig::default() },
+        TopicConfig {
+            topic_name: "TopicTest".into(),
+            read_queue_nums: 8,
+            write_queue_nums: 4,
+            ..TopicConfig::default()
+        },
     );
     topics.data_version.next_version(1_700_000_000_000);
     let path = dir.join(meta::TOPICS_FILE);
     meta::persist(&disk, &path, &topics).await.unwrap();
     let text = String::from_utf8(disk.read_file(&path).await.unwrap().unwrap()).unwrap();
-    for field in ["\"topicConfigTable\"", "\"readQueueNums\": 8", "\"writeQueueNums\": 4", "\"perm\": 6", "\"topicFilterType\": \"SINGLE_TAG\"", "\"dataVersion\""] {
+    for field in [
+        "\"topicConfigTable\"",
+        "\"readQueueNums\": 8",
+        "\"writeQueueNums\": 4",
+        "\"perm\": 6",
+        "\"topicFilterType\": \"SINGLE_TAG\"",
+        "\"dataVersion\"",
+    ] {
         assert!(text.contains(field), "{field} missing from {text}");
     }
     assert_eq!(meta::load::<TopicConfigTable>(&disk, &path).await.unwrap(), Some(topics));
 
     let mut groups = SubscriptionGroupTable::default();
-    groups.subscription_group_table.insert("G".into(), SubscriptionGroupConfig { group_name: "G".into(), ..Default::default() });
+    groups
+        .subscription_group_table
+        .insert("G".into(), SubscriptionGroupConfig { group_name: "G".into(), ..Default::default() });
     let gpath = dir.join(meta::SUBSCRIPTION_GROUP_FILE);
     meta::persist(&disk, &gpath, &groups).await.unwrap();
     let loaded: SubscriptionGroupTable = meta::load(&disk, &gpath).await.unwrap().unwrap();

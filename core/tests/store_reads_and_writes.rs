@@ -15,7 +15,10 @@ async fn messages_are_read_back_in_queue_order_across_segments() {
     let mut puts = Vec::new();
     for i in 0..400u32 {
         let body = vec![(i % 251) as u8; 300 + (i as usize * 7) % 500];
-        let r = store.put(&message("TopicTest", (i % 3) as i32, &body, Some("TagA"), None, &format!("U{i}"))).await.unwrap();
+        let r = store
+            .put(&message("TopicTest", (i % 3) as i32, &body, Some("TagA"), None, &format!("U{i}")))
+            .await
+            .unwrap();
         assert_eq!(r.status, PutStatus::PutOk);
         puts.push((i, r, body));
     }
@@ -90,7 +93,10 @@ async fn query_by_key_and_unique_key_checks_every_candidate() {
     // 256 index entries per file and 64 slots: collisions and several index files.
     for i in 0..300 {
         let keys = format!("order-{} batch-{}", i, i % 10);
-        store.put(&message("T", i % 2, format!("b{i}").as_bytes(), None, Some(&keys), &format!("UNIQ{i:05}"))).await.unwrap();
+        store
+            .put(&message("T", i % 2, format!("b{i}").as_bytes(), None, Some(&keys), &format!("UNIQ{i:05}")))
+            .await
+            .unwrap();
     }
     store.put(&message("Other", 0, b"o", None, Some("order-7"), "UNIQ-other")).await.unwrap();
     let (_, _, index_files) = store.file_counts().await;
@@ -136,7 +142,10 @@ async fn oversized_messages_and_properties_are_refused_and_nothing_is_written() 
     m.properties.push_str(&"k\u{1}".repeat(17_000));
     assert!(matches!(store.put(&m).await, Err(StoreError::PropertiesTooLarge(_))));
     let long_topic = "t".repeat(128);
-    assert!(matches!(store.put(&message(&long_topic, 0, b"x", None, None, "U3")).await, Err(StoreError::TopicTooLong(128))));
+    assert!(matches!(
+        store.put(&message(&long_topic, 0, b"x", None, None, "U3")).await,
+        Err(StoreError::TopicTooLong(128))
+    ));
     assert_eq!(store.commitlog_max_offset(), end);
     assert_eq!(store.max_offset("T", 0), 1);
     store.check_integrity().await.unwrap();

@@ -175,7 +175,12 @@ fn raw_sequential(dir: &Path, bytes: u64) -> Result<Outcome> {
 
 pub fn run_store(a: StoreArgs) -> Result<()> {
     let rt = runtime(a.threads)?;
-    println!("bench store: {} s per run, runtime {}, dir {}", a.seconds, if a.threads == 0 { "current-thread".to_string() } else { format!("{} workers", a.threads) }, a.dir.display());
+    println!(
+        "bench store: {} s per run, runtime {}, dir {}",
+        a.seconds,
+        if a.threads == 0 { "current-thread".to_string() } else { format!("{} workers", a.threads) },
+        a.dir.display()
+    );
     for &size in &a.sizes {
         let mut async_best = 0.0f64;
         for flush in &a.flush {
@@ -193,9 +198,19 @@ pub fn run_store(a: StoreArgs) -> Result<()> {
                     async_best = async_best.max(mbps);
                     let raw = raw_sequential(&a.dir, o.bytes)?;
                     let raw_mbps = raw.bytes as f64 / raw.elapsed.as_secs_f64() / 1e6;
-                    println!("{:<34} {:>26.1} MB/s  (same {} bytes; store reached {:.0}%)", "  raw sequential + fdatasync", raw_mbps, raw.bytes, 100.0 * mbps / raw_mbps);
+                    println!(
+                        "{:<34} {:>26.1} MB/s  (same {} bytes; store reached {:.0}%)",
+                        "  raw sequential + fdatasync",
+                        raw_mbps,
+                        raw.bytes,
+                        100.0 * mbps / raw_mbps
+                    );
                 } else if async_best > 0.0 {
-                    println!("{:<34} {:>26.0}% of the best ASYNC_FLUSH run at this size", "", 100.0 * mbps / async_best);
+                    println!(
+                        "{:<34} {:>26.0}% of the best ASYNC_FLUSH run at this size",
+                        "",
+                        100.0 * mbps / async_best
+                    );
                 }
             }
         }
@@ -233,7 +248,11 @@ pub fn run_recovery(a: RecoveryArgs) -> Result<()> {
         assert_eq!(store.commitlog_max_offset(), log_bytes, "recovery kept the whole log");
         let queued: u64 = (0..8).map(|q| store.max_offset("BenchmarkTest", q)).sum();
         assert_eq!(queued, n, "every message is back in its consume queue");
-        println!("recovery after crash: {:.3} s ({:.0} MB/s scanned, CRC-checked, re-dispatched)", crash.as_secs_f64(), log_bytes as f64 / crash.as_secs_f64() / 1e6);
+        println!(
+            "recovery after crash: {:.3} s ({:.0} MB/s scanned, CRC-checked, re-dispatched)",
+            crash.as_secs_f64(),
+            log_bytes as f64 / crash.as_secs_f64() / 1e6
+        );
         store.shutdown().await?;
         let t = Instant::now();
         let store = MessageStore::open(cfg, Disk::Real).await?;

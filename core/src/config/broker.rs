@@ -42,7 +42,8 @@ impl Default for BrokerConfig {
 }
 
 /// RocketMQ broker keys accepted and shown by `-p` that later parts of Keel act on.
-const BROKER_KEYS: &[&str] = &["brokerClusterName", "brokerName", "brokerId", "brokerRole", "namesrvAddr", "listenPort", "brokerIP1"];
+const BROKER_KEYS: &[&str] =
+    &["brokerClusterName", "brokerName", "brokerId", "brokerRole", "namesrvAddr", "listenPort", "brokerIP1"];
 
 /// A bad value: where it is and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -92,9 +93,11 @@ impl BrokerConfig {
                 Err(message) => return Err(ConfigError { file: file.into(), line: e.line, message }),
             }
         }
-        cfg.store.store_host = format!("{}:{}", cfg.broker_ip1, cfg.listen_port)
-            .parse()
-            .map_err(|_| ConfigError { file: file.into(), line: 0, message: format!("brokerIP1: '{}' is not an IP address", cfg.broker_ip1) })?;
+        cfg.store.store_host = format!("{}:{}", cfg.broker_ip1, cfg.listen_port).parse().map_err(|_| ConfigError {
+            file: file.into(),
+            line: 0,
+            message: format!("brokerIP1: '{}' is not an IP address", cfg.broker_ip1),
+        })?;
         Ok((cfg, warnings))
     }
 
@@ -105,13 +108,23 @@ impl BrokerConfig {
             ("brokerClusterName", self.broker_cluster_name.clone()),
             ("brokerName", self.broker_name.clone()),
             ("brokerId", self.broker_id.to_string()),
-            ("brokerRole", format!("{:?}", self.broker_role).to_uppercase().replace("ASYNCMASTER", "ASYNC_MASTER").replace("SYNCMASTER", "SYNC_MASTER")),
+            (
+                "brokerRole",
+                format!("{:?}", self.broker_role)
+                    .to_uppercase()
+                    .replace("ASYNCMASTER", "ASYNC_MASTER")
+                    .replace("SYNCMASTER", "SYNC_MASTER"),
+            ),
             ("namesrvAddr", self.namesrv_addr.clone().unwrap_or_default()),
             ("listenPort", self.listen_port.to_string()),
             ("brokerIP1", self.broker_ip1.clone()),
             ("storePathRootDir", s.store_path_root_dir.display().to_string()),
             ("storePathCommitLog", s.commit_log_dir().display().to_string()),
-            ("flushDiskType", if s.flush_disk_type == crate::store::FlushDiskType::SyncFlush { "SYNC_FLUSH" } else { "ASYNC_FLUSH" }.into()),
+            (
+                "flushDiskType",
+                if s.flush_disk_type == crate::store::FlushDiskType::SyncFlush { "SYNC_FLUSH" } else { "ASYNC_FLUSH" }
+                    .into(),
+            ),
         ];
         if !important_only {
             out.extend([

@@ -71,9 +71,14 @@ mod tests {
 
     #[test]
     fn parses_the_separators_and_comments_operators_use() {
-        let e = parse_properties("# c\nbrokerName=broker-a\n! c\nlistenPort : 10911\nflushDiskType SYNC_FLUSH\nx=a\\\n  b\n");
+        let e = parse_properties(
+            "# c\nbrokerName=broker-a\n! c\nlistenPort : 10911\nflushDiskType SYNC_FLUSH\nx=a\\\n  b\n",
+        );
         let kv: Vec<(&str, &str)> = e.iter().map(|e| (e.key.as_str(), e.value.as_str())).collect();
-        assert_eq!(kv, [("brokerName", "broker-a"), ("listenPort", "10911"), ("flushDiskType", "SYNC_FLUSH"), ("x", "ab")]);
+        assert_eq!(
+            kv,
+            [("brokerName", "broker-a"), ("listenPort", "10911"), ("flushDiskType", "SYNC_FLUSH"), ("x", "ab")]
+        );
         assert_eq!(e[1].line, 4);
     }
 

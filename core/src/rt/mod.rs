@@ -10,10 +10,7 @@ pub use tokio::{select, spawn, sync, task, time};
 /// Wall-clock milliseconds since the Unix epoch. Virtual under madsim, which overrides
 /// `clock_gettime`; the only place in `core/` allowed to read the system clock.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// A fresh seeded generator. Under madsim the seed comes from the simulation's seed, so a run

@@ -41,7 +41,13 @@ pub enum ScanItem {
 
 impl CommitLog {
     /// Opens every segment in `dir`. A segment of the wrong size is an error (as in RocketMQ).
-    pub async fn load(disk: &Disk, dir: PathBuf, segment_size: u64, require_crc: bool, warm: bool) -> Result<CommitLog, StoreError> {
+    pub async fn load(
+        disk: &Disk,
+        dir: PathBuf,
+        segment_size: u64,
+        require_crc: bool,
+        warm: bool,
+    ) -> Result<CommitLog, StoreError> {
         assert!(segment_size as usize > BLANK_LEN * 2);
         disk.create_dir_all(&dir).await?;
         let mut segments = BTreeMap::new();
@@ -150,7 +156,9 @@ impl CommitLog {
     /// Bytes at `offset` regardless of the published end (recovery only).
     pub async fn peek(&self, offset: u64, len: usize) -> Result<Option<Bytes>, StoreError> {
         match self.segment_at(offset) {
-            Some((base, seg)) if offset - base + len as u64 <= self.segment_size => Ok(Some(seg.read_at(offset - base, len).await?)),
+            Some((base, seg)) if offset - base + len as u64 <= self.segment_size => {
+                Ok(Some(seg.read_at(offset - base, len).await?))
+            }
             _ => Ok(None),
         }
     }
@@ -162,7 +170,11 @@ impl CommitLog {
     }
 
     /// The raw bytes of the record at `offset` and its decoded form, after every check.
-    pub async fn read_checked(&self, offset: u64, size: Option<usize>) -> Result<(Bytes, record::MessageExt), StoreError> {
+    pub async fn read_checked(
+        &self,
+        offset: u64,
+        size: Option<usize>,
+    ) -> Result<(Bytes, record::MessageExt), StoreError> {
         let len = match size {
             Some(s) => s,
             None => {
@@ -171,7 +183,8 @@ impl CommitLog {
             }
         };
         let buf = self.read(offset, len).await?;
-        let msg = record::check_record(&buf, self.require_crc).map_err(|e| StoreError::CorruptRecord { offset, reason: e })?;
+        let msg = record::check_record(&buf, self.require_crc)
+            .map_err(|e| StoreError::CorruptRecord { offset, reason: e })?;
         if msg.total_size as usize != len || msg.phys_offset as u64 != offset {
             return Err(StoreError::CorruptRecord {
                 offset,

@@ -69,7 +69,7 @@ pub struct ConsumeQueue {
 
 impl ConsumeQueue {
     pub fn new(disk: &Disk, dir: PathBuf, topic: &str, queue_id: i32, file_size: u64) -> ConsumeQueue {
-        assert!(file_size % ENTRY_SIZE == 0 && file_size > 0, "mappedFileSizeConsumeQueue must be a multiple of 20");
+        assert!(file_size.is_multiple_of(ENTRY_SIZE) && file_size > 0, "mappedFileSizeConsumeQueue must be a multiple of 20");
         ConsumeQueue {
             topic: topic.to_string(),
             queue_id,
@@ -140,7 +140,11 @@ impl ConsumeQueue {
 
     fn file_at(&self, byte_pos: u64) -> Option<(u64, Segment)> {
         let files = self.files.read().unwrap();
-        files.range(..=byte_pos).next_back().filter(|(b, _)| byte_pos < *b + self.file_size).map(|(b, s)| (*b, s.clone()))
+        files
+            .range(..=byte_pos)
+            .next_back()
+            .filter(|(b, _)| byte_pos < *b + self.file_size)
+            .map(|(b, s)| (*b, s.clone()))
     }
 
     async fn file_for_write(&self, base: u64) -> Result<Segment, StoreError> {
@@ -325,10 +329,7 @@ impl ConsumeQueue {
                 return Ok(());
             }
             let batch = self.entries(min, 1024).await?;
-            let skip = batch
-                .iter()
-                .take_while(|e| e.is_filler() || (e.phys_offset as u64) < log_min)
-                .count();
+            let skip = batch.iter().take_while(|e| e.is_filler() || (e.phys_offset as u64) < log_min).count();
             self.min_offset.store(min + skip as u64, Ordering::Release);
             if skip < batch.len() || batch.is_empty() {
                 return Ok(());

@@ -54,7 +54,11 @@ impl Header {
 /// abs(String.hashCode(key)), with the one negative absolute value mapped to 0.
 pub fn key_hash(key: &str) -> i32 {
     let h = super::record::java_hash(key);
-    if h == i32::MIN { 0 } else { h.abs() }
+    if h == i32::MIN {
+        0
+    } else {
+        h.abs()
+    }
 }
 
 pub struct IndexFile {
@@ -70,7 +74,13 @@ impl IndexFile {
         HEADER_SIZE + slots * 4 + entries * ENTRY
     }
 
-    async fn open(disk: &Disk, dir: &std::path::Path, name: &str, slots: u64, entries: u64) -> Result<IndexFile, StoreError> {
+    async fn open(
+        disk: &Disk,
+        dir: &std::path::Path,
+        name: &str,
+        slots: u64,
+        entries: u64,
+    ) -> Result<IndexFile, StoreError> {
         let seg = disk.open_segment(&dir.join(name), Self::size(slots, entries)).await?;
         let header = Header::decode(&seg.read_at(0, HEADER_SIZE as usize).await?);
         Ok(IndexFile { name: name.to_string(), seg, header, slots, max_entries: entries })

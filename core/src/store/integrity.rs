@@ -40,7 +40,10 @@ impl MessageStore {
                 let cq = self.queue(&key.0, key.1);
                 if let Some(prev) = next_in_queue.get(&key) {
                     if q != *prev && problem.is_none() {
-                        problem = Some(format!("{}-{}: record at {} has queue offset {q}, expected {prev}", key.0, key.1, m.phys_offset));
+                        problem = Some(format!(
+                            "{}-{}: record at {} has queue offset {q}, expected {prev}",
+                            key.0, key.1, m.phys_offset
+                        ));
                     }
                 }
                 next_in_queue.insert(key.clone(), q + 1);

@@ -158,7 +158,9 @@ pub async fn load<T: DeserializeOwned>(disk: &Disk, path: &Path) -> Result<Optio
                 tracing::warn!(file = %path.display(), error = ?main_err, "loaded metadata from .bak");
                 Ok(Some(v))
             }
-            Err(e) => Err(StoreError::Corrupt(format!("{}: {}; .bak: {e}", path.display(), main_err.unwrap_or_default()))),
+            Err(e) => {
+                Err(StoreError::Corrupt(format!("{}: {}; .bak: {e}", path.display(), main_err.unwrap_or_default())))
+            }
         },
         None => match main_err {
             Some(e) => Err(StoreError::Corrupt(format!("{}: {e}", path.display()))),

@@ -12,21 +12,21 @@ pub mod commitlog;
 pub mod config;
 pub mod consume_queue;
 pub mod index;
+mod integrity;
 pub mod meta;
 pub mod record;
-mod integrity;
 mod recovery;
 mod service;
 
 pub use integrity::IntegrityReport;
 pub use service::CleanReport;
 
-use crate::rt::disk::{Disk, DirLock};
+use crate::rt::disk::{DirLock, Disk};
 use crate::rt::sync::{watch, Notify};
 use bytes::Bytes;
 use commitlog::CommitLog;
-use consume_queue::{ConsumeQueue, Entry};
 pub use config::{FlushDiskType, StoreConfig};
+use consume_queue::{ConsumeQueue, Entry};
 use index::IndexService;
 use record::{DispatchInfo, MessageExt, MessageInner, RecordError};
 use std::collections::{BTreeMap, HashMap};
@@ -324,7 +324,13 @@ impl MessageStore {
             return q.clone();
         }
         let dir = self.inner.root.join("consumequeue").join(topic).join(queue_id.to_string());
-        let cq = Arc::new(ConsumeQueue::new(&self.inner.disk, dir, topic, queue_id, self.inner.cfg.mapped_file_size_consume_queue));
+        let cq = Arc::new(ConsumeQueue::new(
+            &self.inner.disk,
+            dir,
+            topic,
+            queue_id,
+            self.inner.cfg.mapped_file_size_consume_queue,
+        ));
         queues.insert(cq.clone());
         cq
     }
@@ -354,7 +360,10 @@ impl MessageStore {
                 cq.put(q, entry).await?;
             }
         }
-        if self.inner.cfg.message_index_enable && d.phys_offset as u64 >= index_from && tx != record::SYSFLAG_TX_ROLLBACK {
+        if self.inner.cfg.message_index_enable
+            && d.phys_offset as u64 >= index_from
+            && tx != record::SYSFLAG_TX_ROLLBACK
+        {
             let mut index = self.inner.index.lock().await;
             if let Some(u) = &d.uniq_key {
                 index.put(&index_key(&d.topic, u), d.phys_offset, d.store_timestamp).await?;
@@ -486,8 +495,16 @@ impl MessageStore {
 
     /// Messages of `topic` whose UNIQ_KEY or one of whose KEYS is `key`, stored within
     /// `[begin_ms, end_ms]`, newest first, at most `max`.
-    pub async fn query_by_key(&self, topic: &str, key: &str, max: usize, begin_ms: i64, end_ms: i64) -> Result<Vec<MessageExt>, StoreError> {
-        let candidates = self.inner.index.lock().await.query(&index_key(topic, key), max * 2 + 8, begin_ms, end_ms).await?;
+    pub async fn query_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        max: usize,
+        begin_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<MessageExt>, StoreError> {
+        let candidates =
+            self.inner.index.lock().await.query(&index_key(topic, key), max * 2 + 8, begin_ms, end_ms).await?;
         let mut out = Vec::new();
         for phys in candidates {
             let Ok(m) = self.lookup(phys as u64).await else { continue };
@@ -512,7 +529,12 @@ impl MessageStore {
 
     /// The first queue offset whose message was stored at or after `timestamp_ms`; the max
     /// offset if none was.
-    pub async fn search_offset_by_time(&self, topic: &str, queue_id: i32, timestamp_ms: i64) -> Result<u64, StoreError> {
+    pub async fn search_offset_by_time(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        timestamp_ms: i64,
+    ) -> Result<u64, StoreError> {
         let Some(cq) = self.existing_queue(topic, queue_id) else { return Ok(0) };
         let (mut lo, mut hi) = (cq.min_offset(), cq.max_offset());
         while lo < hi {

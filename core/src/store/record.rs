@@ -120,10 +120,7 @@ pub fn properties_to_string<'a>(props: impl IntoIterator<Item = (&'a str, &'a st
 
 /// Parses `name\x01value\x02`…, skipping entries shorter than 3 chars or lacking `\x01`.
 pub fn string_to_properties(s: &str) -> Vec<(&str, &str)> {
-    s.split(PROP_SEP)
-        .filter(|e| e.len() >= 3)
-        .filter_map(|e| e.split_once(NAME_SEP))
-        .collect()
+    s.split(PROP_SEP).filter(|e| e.len() >= 3).filter_map(|e| e.split_once(NAME_SEP)).collect()
 }
 
 pub fn property<'a>(props: &'a str, name: &str) -> Option<&'a str> {
@@ -162,10 +159,25 @@ pub fn properties_len(msg: &MessageInner, append_crc: bool) -> usize {
 
 /// Total record length of `msg`, before any limit is checked.
 pub fn record_len(msg: &MessageInner, append_crc: bool) -> usize {
-    4 + 4 + 4 + 4 + 4 + 8 + 8 + 4 + 8 + host_len(&msg.born_host) + 8 + host_len(&msg.store_host) + 4 + 8
-        + 4 + msg.body.len()
-        + 1 + msg.topic.len()
-        + 2 + properties_len(msg, append_crc)
+    4 + 4
+        + 4
+        + 4
+        + 4
+        + 8
+        + 8
+        + 4
+        + 8
+        + host_len(&msg.born_host)
+        + 8
+        + host_len(&msg.store_host)
+        + 4
+        + 8
+        + 4
+        + msg.body.len()
+        + 1
+        + msg.topic.len()
+        + 2
+        + properties_len(msg, append_crc)
 }
 
 /// Encodes `msg` as a V1 record with queue offset, physical offset and store timestamp set to

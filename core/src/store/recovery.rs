@@ -28,7 +28,14 @@ pub(super) async fn open(cfg: StoreConfig, disk: Disk) -> Result<MessageStore, S
     disk.write_file(&abort_path, b"", true).await?;
     let ckpt = Checkpoint::load(&disk, &root.join("checkpoint")).await?;
 
-    let commitlog = CommitLog::load(&disk, cfg.commit_log_dir(), cfg.mapped_file_size_commit_log, cfg.force_verify_prop_crc, cfg.warm_mapped_file()).await?;
+    let commitlog = CommitLog::load(
+        &disk,
+        cfg.commit_log_dir(),
+        cfg.mapped_file_size_commit_log,
+        cfg.force_verify_prop_crc,
+        cfg.warm_mapped_file(),
+    )
+    .await?;
     let queues = load_queues(&disk, &root, &cfg).await?;
     let index = IndexService::load(&disk, root.join("index"), cfg.max_hash_slot_num, cfg.max_index_num).await?;
     let (flushed_tx, _) = watch::channel(0u64);
@@ -60,11 +67,7 @@ pub(super) async fn open(cfg: StoreConfig, disk: Disk) -> Result<MessageStore, S
     Ok(store)
 }
 
-async fn load_queues(
-    disk: &Disk,
-    root: &std::path::Path,
-    cfg: &StoreConfig,
-) -> Result<QueueTable, StoreError> {
+async fn load_queues(disk: &Disk, root: &std::path::Path, cfg: &StoreConfig) -> Result<QueueTable, StoreError> {
     let cq_root = root.join("consumequeue");
     let mut queues = QueueTable::default();
     for topic in disk.list(&cq_root).await? {
@@ -135,7 +138,7 @@ impl MessageStore {
         if end < first || end > last_end {
             return Ok(false);
         }
-        if end == last_end || (end % cl.segment_size() == 0 && !cl.segment_bases().contains(&end)) {
+        if end == last_end || (end.is_multiple_of(cl.segment_size()) && !cl.segment_bases().contains(&end)) {
             return Ok(true);
         }
         let head = cl.peek(end, 8).await?;
@@ -184,7 +187,11 @@ impl MessageStore {
             })
             .await?;
         if n > 0 {
-            tracing::info!(records = n, from = redispatch_from, "recovery: re-dispatched records to consume queues and index");
+            tracing::info!(
+                records = n,
+                from = redispatch_from,
+                "recovery: re-dispatched records to consume queues and index"
+            );
         }
         Ok((end, reason, confirmed))
     }

@@ -29,7 +29,14 @@ pub fn sync_config(root: impl Into<PathBuf>) -> StoreConfig {
     StoreConfig { flush_disk_type: FlushDiskType::SyncFlush, ..small_config(root) }
 }
 
-pub fn message(topic: &str, queue_id: i32, body: &[u8], tags: Option<&str>, keys: Option<&str>, uniq: &str) -> MessageInner {
+pub fn message(
+    topic: &str,
+    queue_id: i32,
+    body: &[u8],
+    tags: Option<&str>,
+    keys: Option<&str>,
+    uniq: &str,
+) -> MessageInner {
     let mut props: Vec<(&str, &str)> = vec![("UNIQ_KEY", uniq), ("WAIT", "true")];
     if let Some(t) = tags {
         props.push(("TAGS", t));
@@ -55,7 +62,10 @@ pub fn message(topic: &str, queue_id: i32, body: &[u8], tags: Option<&str>, keys
 /// Shows the store's logs in a test's output when `RUST_LOG` is set.
 pub fn init_logs() {
     if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
     }
 }
 

@@ -44,10 +44,7 @@ pub enum DirLock {
 pub(crate) fn lock_failed(dir: &Path) -> io::Error {
     io::Error::new(
         io::ErrorKind::WouldBlock,
-        format!(
-            "Lock failed, MQ already started: store directory {} is in use by another broker",
-            dir.display()
-        ),
+        format!("Lock failed, MQ already started: store directory {} is in use by another broker", dir.display()),
     )
 }
 

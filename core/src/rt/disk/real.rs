@@ -47,7 +47,14 @@ pub fn open_segment(path: &Path, size: u64) -> io::Result<RealSegment> {
         ));
     }
     let map = MmapRaw::map_raw(&file)?;
-    Ok(RealSegment { path: path.to_path_buf(), map, size, populated: AtomicU64::new(0), warm: Default::default(), file })
+    Ok(RealSegment {
+        path: path.to_path_buf(),
+        map,
+        size,
+        populated: AtomicU64::new(0),
+        warm: Default::default(),
+        file,
+    })
 }
 
 fn preallocate(file: &File, size: u64) -> io::Result<()> {
@@ -87,9 +94,7 @@ impl RealSegment {
     pub fn write_at(this: &Arc<Self>, pos: u64, data: &[u8]) -> io::Result<()> {
         check_range(&this.path, this.size, pos, data.len() as u64);
         // SAFETY: in bounds (checked above); see the Sync note for aliasing.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), this.map.as_mut_ptr().add(pos as usize), data.len())
-        };
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), this.map.as_mut_ptr().add(pos as usize), data.len()) };
         Self::populate_ahead(this, pos + data.len() as u64);
         Ok(())
     }
@@ -118,7 +123,12 @@ impl RealSegment {
             use std::os::fd::AsRawFd;
             // SAFETY: plain syscall on an open descriptor owned by `seg`.
             unsafe {
-                libc::sync_file_range(seg.file.as_raw_fd(), from as i64, (to - from) as i64, libc::SYNC_FILE_RANGE_WRITE);
+                libc::sync_file_range(
+                    seg.file.as_raw_fd(),
+                    from as i64,
+                    (to - from) as i64,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
             }
         });
     }

@@ -206,10 +206,13 @@ impl SimDisk {
     }
 
     fn used(st: &State) -> u64 {
-        st.files.values().map(|f| {
-            let f = f.lock().unwrap();
-            f.size.max(f.written.len() as u64)
-        }).sum()
+        st.files
+            .values()
+            .map(|f| {
+                let f = f.lock().unwrap();
+                f.size.max(f.written.len() as u64)
+            })
+            .sum()
     }
 
     pub async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
@@ -286,9 +289,10 @@ impl SimDisk {
     pub async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.gate(true).await?;
         let mut st = self.state.lock().unwrap();
-        let f = st.files.remove(from).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("rename: {} not found", from.display()))
-        })?;
+        let f = st
+            .files
+            .remove(from)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("rename: {} not found", from.display())))?;
         st.files.insert(to.to_path_buf(), f);
         Ok(())
     }
@@ -310,7 +314,8 @@ impl SimDisk {
     pub async fn modified_ms(&self, path: &Path) -> io::Result<u64> {
         self.gate(false).await?;
         let st = self.state.lock().unwrap();
-        let f = st.files.get(path).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, path.display().to_string()))?;
+        let f =
+            st.files.get(path).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, path.display().to_string()))?;
         let t = f.lock().unwrap().modified_ms;
         Ok(t)
     }
