@@ -64,19 +64,14 @@ fn latency_histogram() -> Histogram<u64> {
 
 fn message(body: &Bytes, n: u64) -> MessageInner {
     let uniq = keel_core::store::record::hex_upper(&[&[0x7F, 0, 0, 1][..], &n.to_be_bytes()[..]].concat());
-    MessageInner {
-        topic: "BenchmarkTest".into(),
-        queue_id: (n % 8) as i32,
-        flag: 0,
-        body: body.clone(),
-        properties: properties_to_string([("UNIQ_KEY", uniq.as_str()), ("WAIT", "true"), ("TAGS", "TagA")]),
-        sys_flag: 0,
-        born_timestamp: 0,
-        born_host: "127.0.0.1:50000".parse().unwrap(),
-        store_host: "127.0.0.1:10911".parse().unwrap(),
-        reconsume_times: 0,
-        prepared_tx_offset: 0,
-    }
+    MessageInner::new(
+        "BenchmarkTest",
+        (n % 8) as i32,
+        body.clone(),
+        properties_to_string([("UNIQ_KEY", uniq.as_str()), ("WAIT", "true"), ("TAGS", "TagA")]),
+        "127.0.0.1:50000".parse().unwrap(),
+        "127.0.0.1:10911".parse().unwrap(),
+    )
 }
 
 struct Outcome {

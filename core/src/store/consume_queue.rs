@@ -69,7 +69,10 @@ pub struct ConsumeQueue {
 
 impl ConsumeQueue {
     pub fn new(disk: &Disk, dir: PathBuf, topic: &str, queue_id: i32, file_size: u64) -> ConsumeQueue {
-        assert!(file_size.is_multiple_of(ENTRY_SIZE) && file_size > 0, "mappedFileSizeConsumeQueue must be a multiple of 20");
+        assert!(
+            file_size.is_multiple_of(ENTRY_SIZE) && file_size > 0,
+            "mappedFileSizeConsumeQueue must be a multiple of 20"
+        );
         ConsumeQueue {
             topic: topic.to_string(),
             queue_id,

@@ -59,6 +59,32 @@ pub struct MessageInner {
     pub prepared_tx_offset: i64,
 }
 
+impl MessageInner {
+    /// A plain message: no flag, no system flags, not a retry, not transactional.
+    pub fn new(
+        topic: &str,
+        queue_id: i32,
+        body: Bytes,
+        properties: String,
+        born_host: SocketAddr,
+        store_host: SocketAddr,
+    ) -> Self {
+        MessageInner {
+            topic: topic.to_string(),
+            queue_id,
+            flag: 0,
+            body,
+            properties,
+            sys_flag: 0,
+            born_timestamp: 0,
+            born_host,
+            store_host,
+            reconsume_times: 0,
+            prepared_tx_offset: 0,
+        }
+    }
+}
+
 /// A decoded record (RocketMQ's MessageExt).
 #[derive(Clone, Debug, PartialEq)]
 pub struct MessageExt {

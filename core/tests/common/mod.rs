@@ -44,19 +44,16 @@ pub fn message(
     if let Some(k) = keys {
         props.push(("KEYS", k));
     }
-    MessageInner {
-        topic: topic.to_string(),
+    let mut m = MessageInner::new(
+        topic,
         queue_id,
-        flag: 0,
-        body: Bytes::copy_from_slice(body),
-        properties: properties_to_string(props),
-        sys_flag: 0,
-        born_timestamp: 1_700_000_000_000,
-        born_host: "10.0.0.7:50000".parse().unwrap(),
-        store_host: "127.0.0.1:10911".parse().unwrap(),
-        reconsume_times: 0,
-        prepared_tx_offset: 0,
-    }
+        Bytes::copy_from_slice(body),
+        properties_to_string(props),
+        "10.0.0.7:50000".parse().unwrap(),
+        "127.0.0.1:10911".parse().unwrap(),
+    );
+    m.born_timestamp = 1_700_000_000_000;
+    m
 }
 
 /// Shows the store's logs in a test's output when `RUST_LOG` is set.
