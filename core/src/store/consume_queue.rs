@@ -231,7 +231,9 @@ impl ConsumeQueue {
         })
     }
 
-    /// Drops every entry that points at or past `phys_end`, zeroing them on disk. Returns the
+    /// Drops, from the end back, every entry that is not a valid entry ending at or before
+    /// `phys_end`: entries for records the log lost, torn entries, and zeroed holes (files are
+    /// torn independently, so a hole can sit before entries that look valid). Returns the
     /// dropped logical range.
     pub async fn truncate_dirty(&self, phys_end: u64) -> Result<Option<(u64, u64)>, StoreError> {
         let max = self.max_offset();
@@ -239,8 +241,9 @@ impl ConsumeQueue {
         let mut keep = max;
         while keep > min {
             match self.entry(keep - 1).await? {
-                Some(e) if !e.is_filler() && e.phys_offset as u64 + e.size as u64 > phys_end => keep -= 1,
-                _ => break,
+                Some(e) if e.is_filler() => break,
+                Some(e) if e.is_valid() && e.phys_offset as u64 + e.size as u64 <= phys_end => break,
+                _ => keep -= 1,
             }
         }
         if keep == max {

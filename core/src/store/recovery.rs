@@ -95,12 +95,14 @@ impl MessageStore {
             Some(c) if !crashed => self.clean_end_is_valid(c.confirm_offset, first, last_end).await?,
             _ => false,
         };
+        // Every offset a checkpoint records is a record boundary (a flushed end, a dispatched
+        // end, the start of an index file's first record), so scans start there directly.
         let vouched = |o: u64| o.clamp(first, last_end);
         let (scan_from, logics_from, mut index_from) = match ckpt {
             Some(c) if clean => (c.confirm_offset, vouched(c.logics_safe_offset), c.confirm_offset),
             Some(c) => {
                 let safe = vouched(c.logics_safe_offset.min(c.index_safe_offset).min(c.flushed_offset));
-                (safe - safe % cl.segment_size(), vouched(c.logics_safe_offset), vouched(c.index_safe_offset))
+                (safe, vouched(c.logics_safe_offset), vouched(c.index_safe_offset))
             }
             None => (first, first, first),
         };
@@ -108,7 +110,7 @@ impl MessageStore {
             index_from = inner.index.lock().await.drop_unsafe(index_from).await?;
         }
         let redispatch_from = logics_from.min(index_from);
-        let start = scan_from.min(redispatch_from - redispatch_from % cl.segment_size());
+        let start = scan_from.min(redispatch_from);
         tracing::info!(crashed, clean, start, redispatch_from, index_from, "recovering store");
 
         let (end, stop_reason, confirmed) = self.scan_and_dispatch(start, redispatch_from, index_from).await?;
