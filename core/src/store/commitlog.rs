@@ -33,12 +33,6 @@ pub struct CommitLog {
     warm: bool,
 }
 
-/// One step of a scan: a valid record, or the blank end of a segment.
-pub enum ScanItem {
-    Record(record::MessageExt),
-    Blank { at: u64 },
-}
-
 impl CommitLog {
     /// Opens every segment in `dir`. A segment of the wrong size is an error (as in RocketMQ).
     pub async fn load(
@@ -200,7 +194,7 @@ impl CommitLog {
     pub async fn scan(
         &self,
         from: u64,
-        mut visit: impl AsyncFnMut(ScanItem) -> Result<(), StoreError>,
+        mut visit: impl AsyncFnMut(record::MessageExt) -> Result<(), StoreError>,
     ) -> Result<(u64, Option<String>), StoreError> {
         let mut pos = from;
         for (base, seg) in self.segments_from(from) {
@@ -220,7 +214,6 @@ impl CommitLog {
                     return Ok((pos, None));
                 }
                 if magic == BLANK_MAGIC && total as usize == data.len() - at {
-                    visit(ScanItem::Blank { at: pos }).await?;
                     pos = base + self.segment_size;
                     break;
                 }
@@ -230,7 +223,7 @@ impl CommitLog {
                 }
                 let rec = data.slice(at..at + total as usize);
                 match record::check_record(&rec, self.require_crc) {
-                    Ok(m) if m.phys_offset as u64 == pos => visit(ScanItem::Record(m)).await?,
+                    Ok(m) if m.phys_offset as u64 == pos => visit(m).await?,
                     Ok(m) => {
                         return Ok((pos, Some(format!("record at {pos} claims offset {}", m.phys_offset))));
                     }
@@ -327,9 +320,5 @@ impl CommitLog {
 
     pub fn segment_path(&self, base: u64) -> PathBuf {
         self.dir.join(file_name(base))
-    }
-
-    pub fn disk(&self) -> &Disk {
-        &self.disk
     }
 }

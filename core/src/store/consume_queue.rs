@@ -130,7 +130,8 @@ impl ConsumeQueue {
         // first flush after recovery syncs them all.
         self.flushed.store(min, Ordering::Release);
         self.min_offset.store(min / ENTRY_SIZE, Ordering::Release);
-        self.correct_min_offset_to_fillers().await
+        // Skip the fillers a queue started at a non-zero offset begins with.
+        self.correct_min_offset(0).await
     }
 
     pub fn max_offset(&self) -> u64 {
@@ -321,10 +322,6 @@ impl ConsumeQueue {
         }
         self.correct_min_offset(log_min).await?;
         Ok(removed)
-    }
-
-    async fn correct_min_offset_to_fillers(&self) -> Result<(), StoreError> {
-        self.correct_min_offset(0).await
     }
 
     /// Moves the min offset past fillers and entries whose record is below `log_min`.

@@ -5,9 +5,8 @@
 //! record is the consume-queue entry at its queue offset; each queue is dense (no holes between
 //! its min and max offset) and its offsets grow with the log; and no entry points past the log.
 
-use super::commitlog::ScanItem;
 use super::consume_queue::Entry;
-use super::record::{self, SYSFLAG_TX_MASK};
+use super::record;
 use super::{MessageStore, StoreError};
 use std::collections::BTreeMap;
 
@@ -29,10 +28,9 @@ impl MessageStore {
         let mut next_in_queue: BTreeMap<(String, i32), u64> = BTreeMap::new();
         let mut problem: Option<String> = None;
         let (end, reason) = cl
-            .scan(start, async |item| {
-                let ScanItem::Record(m) = item else { return Ok(()) };
+            .scan(start, async |m| {
                 report.records += 1;
-                if m.inner.sys_flag & SYSFLAG_TX_MASK != 0 && m.inner.sys_flag & SYSFLAG_TX_MASK != 0x8 {
+                if !record::is_consumable(m.inner.sys_flag) {
                     return Ok(());
                 }
                 let key = (m.inner.topic.clone(), m.inner.queue_id);

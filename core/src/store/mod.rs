@@ -257,19 +257,7 @@ impl MessageStore {
         let phys = inner.commitlog.append(rec, queue_offset as i64, now as i64).await?;
         st.offsets.entry(msg.topic.clone()).or_default().insert(msg.queue_id, queue_offset + 1);
         inner.last_store_ts.store(now, Ordering::Relaxed);
-        let props = &msg.properties;
-        let info = DispatchInfo {
-            topic: msg.topic.clone(),
-            queue_id: msg.queue_id,
-            queue_offset: queue_offset as i64,
-            phys_offset: phys as i64,
-            size: rec.len() as i32,
-            tags_code: record::tags_code(record::property(props, record::PROPERTY_TAGS)),
-            store_timestamp: now as i64,
-            sys_flag: msg.sys_flag,
-            keys: record::property(props, record::PROPERTY_KEYS).map(str::to_string),
-            uniq_key: record::property(props, record::PROPERTY_UNIQ_KEY).map(str::to_string),
-        };
+        let info = DispatchInfo::new(msg, queue_offset as i64, phys as i64, rec.len() as i32, now as i64);
         // A dispatch that failed earlier (disk error on a queue file) is caught up from the
         // log first, so consume queues stay in log order.
         if inner.dispatched.load(Ordering::Acquire) < phys {
@@ -343,9 +331,7 @@ impl MessageStore {
     /// every append and, identically, to rebuild from the log in recovery. An entry already
     /// present and equal is skipped; a different one (a torn queue page) is cut and rewritten.
     pub(crate) async fn dispatch(&self, d: &DispatchInfo, index_from: u64) -> Result<(), StoreError> {
-        let tx = d.sys_flag & record::SYSFLAG_TX_MASK;
-        // Prepared and rolled-back transactional messages are not consumable.
-        if tx == 0 || tx == 0x8 {
+        if record::is_consumable(d.sys_flag) {
             let cq = self.queue(&d.topic, d.queue_id);
             let entry = Entry { phys_offset: d.phys_offset, size: d.size, tags_code: d.tags_code };
             let q = d.queue_offset as u64;
@@ -362,7 +348,7 @@ impl MessageStore {
         }
         if self.inner.cfg.message_index_enable
             && d.phys_offset as u64 >= index_from
-            && tx != record::SYSFLAG_TX_ROLLBACK
+            && d.sys_flag & record::SYSFLAG_TX_MASK != record::SYSFLAG_TX_ROLLBACK
         {
             let mut index = self.inner.index.lock().await;
             if let Some(u) = &d.uniq_key {
@@ -560,15 +546,6 @@ impl MessageStore {
         }
     }
 
-    /// Store timestamp of a queue's message (RocketMQ's GET_EARLIEST_MSG_STORETIME and friends).
-    pub async fn message_store_time(&self, topic: &str, queue_id: i32, offset: u64) -> Result<Option<i64>, StoreError> {
-        let Some(cq) = self.existing_queue(topic, queue_id) else { return Ok(None) };
-        match cq.entry(offset).await? {
-            Some(e) if !e.is_filler() => Ok(Some(self.store_time_of(e.phys_offset as u64, e.size as usize).await?)),
-            _ => Ok(None),
-        }
-    }
-
     pub fn commitlog_min_offset(&self) -> u64 {
         self.inner.commitlog.min_offset()
     }
@@ -597,13 +574,5 @@ impl MessageStore {
         let cq = self.inner.queues.read().unwrap().all().iter().map(|q| q.file_count()).sum();
         let idx = self.inner.index.lock().await.file_count();
         (cl, cq, idx)
-    }
-
-    pub fn root(&self) -> &std::path::Path {
-        &self.inner.root
-    }
-
-    pub fn disk(&self) -> &Disk {
-        &self.inner.disk
     }
 }

@@ -21,6 +21,7 @@ pub const MAX_TOPIC_LEN: usize = 127;
 pub const SYSFLAG_BORNHOST_V6: i32 = 0x10;
 pub const SYSFLAG_STOREHOST_V6: i32 = 0x20;
 pub const SYSFLAG_TX_MASK: i32 = 0xC;
+pub const SYSFLAG_TX_COMMIT: i32 = 0x8;
 pub const SYSFLAG_TX_ROLLBACK: i32 = 0xC;
 
 pub const POS_MAGIC: usize = 4;
@@ -144,11 +145,8 @@ pub fn properties_to_string<'a>(props: impl IntoIterator<Item = (&'a str, &'a st
     s
 }
 
-/// Parses `name\x01value\x02`…, skipping entries shorter than 3 chars or lacking `\x01`.
-pub fn string_to_properties(s: &str) -> Vec<(&str, &str)> {
-    s.split(PROP_SEP).filter(|e| e.len() >= 3).filter_map(|e| e.split_once(NAME_SEP)).collect()
-}
-
+/// The value of one property. Entries shorter than 3 chars or lacking `\x01` are skipped,
+/// as RocketMQ's parser does.
 pub fn property<'a>(props: &'a str, name: &str) -> Option<&'a str> {
     props
         .split(PROP_SEP)
@@ -360,6 +358,32 @@ pub struct DispatchInfo {
     pub uniq_key: Option<String>,
 }
 
+impl DispatchInfo {
+    /// The dispatch view of a stored message: the same for a fresh append and for a record
+    /// read back from the log, so a rebuilt queue equals the original.
+    pub fn new(msg: &MessageInner, queue_offset: i64, phys_offset: i64, size: i32, store_timestamp: i64) -> Self {
+        let props = msg.properties.as_str();
+        DispatchInfo {
+            topic: msg.topic.clone(),
+            queue_id: msg.queue_id,
+            queue_offset,
+            phys_offset,
+            size,
+            tags_code: tags_code(property(props, PROPERTY_TAGS)),
+            store_timestamp,
+            sys_flag: msg.sys_flag,
+            keys: property(props, PROPERTY_KEYS).map(str::to_string),
+            uniq_key: property(props, PROPERTY_UNIQ_KEY).map(str::to_string),
+        }
+    }
+}
+
+/// Whether a record gets a consume-queue entry: plain and committed transactional messages
+/// do; prepared and rolled-back ones do not.
+pub fn is_consumable(sys_flag: i32) -> bool {
+    matches!(sys_flag & SYSFLAG_TX_MASK, 0 | SYSFLAG_TX_COMMIT)
+}
+
 /// Fully validates and decodes the record at the start of `buf` (which may extend past it).
 /// `buf` must hold at least the declared size; the caller reads the size first. A record
 /// with a CRC property is always verified against it; `require_crc` also rejects records
@@ -439,18 +463,7 @@ impl MessageExt {
     }
 
     pub fn dispatch_info(&self) -> DispatchInfo {
-        DispatchInfo {
-            topic: self.inner.topic.clone(),
-            queue_id: self.inner.queue_id,
-            queue_offset: self.queue_offset,
-            phys_offset: self.phys_offset,
-            size: self.total_size,
-            tags_code: tags_code(self.property(PROPERTY_TAGS)),
-            store_timestamp: self.store_timestamp,
-            sys_flag: self.inner.sys_flag,
-            keys: self.property(PROPERTY_KEYS).map(str::to_string),
-            uniq_key: self.property(PROPERTY_UNIQ_KEY).map(str::to_string),
-        }
+        DispatchInfo::new(&self.inner, self.queue_offset, self.phys_offset, self.total_size, self.store_timestamp)
     }
 
     /// RocketMQ's offsetMsgId: uppercase hex of store host IP, i32 port, i64 physical offset.

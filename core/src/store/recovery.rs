@@ -9,7 +9,7 @@
 //! is logged with its offsets.
 
 use super::checkpoint::Checkpoint;
-use super::commitlog::{CommitLog, ScanItem};
+use super::commitlog::CommitLog;
 use super::consume_queue::ConsumeQueue;
 use super::index::IndexService;
 use super::{Inner, MessageStore, PutState, QueueTable, StoreConfig, StoreError};
@@ -173,17 +173,15 @@ impl MessageStore {
         let (end, reason) = self
             .inner
             .commitlog
-            .scan(start, async |item| {
-                if let ScanItem::Record(m) = item {
-                    if let Ok(ts) = u64::try_from(m.store_timestamp) {
-                        self.inner.last_store_ts.fetch_max(ts, Ordering::Relaxed);
-                    }
-                    if m.phys_offset as u64 >= redispatch_from {
-                        let d = m.dispatch_info();
-                        self.dispatch(&d, index_from).await?;
-                        confirmed.insert((d.topic, d.queue_id), d.queue_offset as u64 + 1);
-                        n += 1;
-                    }
+            .scan(start, async |m| {
+                if let Ok(ts) = u64::try_from(m.store_timestamp) {
+                    self.inner.last_store_ts.fetch_max(ts, Ordering::Relaxed);
+                }
+                if m.phys_offset as u64 >= redispatch_from {
+                    let d = m.dispatch_info();
+                    self.dispatch(&d, index_from).await?;
+                    confirmed.insert((d.topic, d.queue_id), d.queue_offset as u64 + 1);
+                    n += 1;
                 }
                 Ok(())
             })

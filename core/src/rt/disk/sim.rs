@@ -115,10 +115,6 @@ impl SimDisk {
         Self::used(&self.state.lock().unwrap())
     }
 
-    pub fn set_faults(&self, faults: Vec<SimFault>) {
-        self.state.lock().unwrap().faults = faults;
-    }
-
     pub fn add_fault(&self, fault: SimFault) {
         self.state.lock().unwrap().faults.push(fault);
     }
@@ -341,12 +337,6 @@ impl SimDisk {
     /// Segment syncs completed so far (group commit shows as far fewer syncs than puts).
     pub fn sync_count(&self) -> u64 {
         self.state.lock().unwrap().syncs
-    }
-
-    /// Number of bytes of `path` that would survive a power loss now (for tests).
-    pub fn durable_len(&self, path: &Path) -> Option<usize> {
-        let st = self.state.lock().unwrap();
-        st.files.get(path).map(|f| f.lock().unwrap().durable.len())
     }
 }
 
