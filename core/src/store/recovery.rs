@@ -2,7 +2,7 @@
 //!
 //! After a clean shutdown (no `abort` file, a valid checkpoint whose confirmed end matches
 //! the log) the store starts from the checkpoint without scanning. After a crash it scans the
-//! commitlog from the segment holding the oldest point the checkpoint vouches for, checking
+//! commitlog from the oldest point the checkpoint vouches for (a record boundary), checking
 //! magic, length and CRC of every record; the first bad record ends the log, and everything
 //! after it is zeroed. Consume-queue entries and index files pointing past the end are
 //! dropped, and whatever the queues and index lack is re-dispatched from the log. Every drop

@@ -3,8 +3,10 @@
 //! Fault zones: `crash` (written bytes survive, handles of the dead process stop working,
 //! locks are released), `power_loss` (only durable bytes survive, optionally one torn page per
 //! file), `SimFault::Stall` (every call waits until a time), `SimFault::Slow` (every call takes
-//! longer), `SimFault::Full` (writes and creates fail with ENOSPC), `SimFault::Eio` (every
-//! call fails), and `flip_bits` (corrupts a range in both written and durable bytes).
+//! longer), `SimFault::SlowSync` (every sync takes longer), `SimFault::Full` (new space — a
+//! new segment or file — fails with ENOSPC; writes into preallocated segments still succeed,
+//! as on a real disk), `SimFault::Eio` (every call fails), and `flip_bits` (corrupts a range
+//! in both written and durable bytes). `sync_count` counts syncs, to observe group commit.
 //! Waiting uses runtime time, so under madsim a stall costs no real time.
 
 use super::{check_range, lock_failed};
