@@ -63,6 +63,90 @@ pub fn quote_numeric_keys(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Quotes object-valued map keys: `{{"a":1}:2}` becomes `{"{\"a\":1}":2}`, so a map keyed by
+/// JSON objects (fastjson's MessageQueue keys) reads as a map keyed by strings.
+pub fn quote_object_keys(text: &str) -> std::borrow::Cow<'_, str> {
+    let b = text.as_bytes();
+    let mut out: Option<String> = None;
+    let mut in_str = false;
+    let mut escaped = false;
+    let mut last_copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if in_str {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'"' {
+            in_str = true;
+        } else if c == b'{' || c == b',' {
+            let mut j = i + 1;
+            while j < b.len() && b[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            if j < b.len() && b[j] == b'{' {
+                if let Some(end) = object_end(b, j) {
+                    let mut k = end;
+                    while k < b.len() && b[k].is_ascii_whitespace() {
+                        k += 1;
+                    }
+                    if k < b.len() && b[k] == b':' {
+                        let o = out.get_or_insert_with(|| String::with_capacity(text.len() + 64));
+                        o.push_str(&text[last_copied..j]);
+                        o.push_str(&serde_json::to_string(&text[j..end]).expect("string serializes"));
+                        last_copied = end;
+                        i = end;
+                        continue;
+                    }
+                }
+            }
+        }
+        i += 1;
+    }
+    match out {
+        None => std::borrow::Cow::Borrowed(text),
+        Some(mut o) => {
+            o.push_str(&text[last_copied..]);
+            std::borrow::Cow::Owned(o)
+        }
+    }
+}
+
+/// The index just past the object starting at `start` (which holds `{`), strings respected.
+fn object_end(b: &[u8], start: usize) -> Option<usize> {
+    let (mut depth, mut in_str, mut escaped) = (0usize, false, false);
+    for (i, &c) in b.iter().enumerate().skip(start) {
+        if in_str {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_str = true,
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::quote_numeric_keys;
@@ -73,6 +157,16 @@ mod tests {
         assert_eq!(quote_numeric_keys(s), r#"{"offsetTable":{"t@g":{"0":125, "1" :98}},"x":"{3:4}","n":[1,2]}"#);
         let v: serde_json::Value = serde_json::from_str(&quote_numeric_keys(s)).unwrap();
         assert_eq!(v["offsetTable"]["t@g"]["1"], 98);
+    }
+
+    #[test]
+    fn quotes_object_keys() {
+        let s = r#"{"offsetTable":{{"brokerName":"b","queueId":0,"topic":"t"}:{"x":1}},"tps":0.0}"#;
+        let q = super::quote_object_keys(s);
+        let v: serde_json::Value = serde_json::from_str(&q).unwrap();
+        let key = v["offsetTable"].as_object().unwrap().keys().next().unwrap().clone();
+        assert_eq!(key, r#"{"brokerName":"b","queueId":0,"topic":"t"}"#);
+        assert!(matches!(super::quote_object_keys(r#"{"a":{"b":1}}"#), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]

@@ -4,7 +4,12 @@
 //! Data flows one way: [`store`] knows nothing of the broker; [`config`] reads RocketMQ's
 //! properties files; [`rt`] is the only door to time, tasks, network, randomness and disk.
 
+pub mod broker;
+pub mod client;
 pub mod config;
 pub mod json;
+pub mod namesrv;
+pub mod protocol;
+pub mod remoting;
 pub mod rt;
 pub mod store;

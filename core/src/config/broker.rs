@@ -23,6 +23,15 @@ pub struct BrokerConfig {
     pub namesrv_addr: Option<String>,
     pub listen_port: u16,
     pub broker_ip1: String,
+    pub auto_create_topic_enable: bool,
+    pub auto_create_subscription_group: bool,
+    pub default_topic_queue_nums: u32,
+    pub broker_permission: u32,
+    pub long_polling_enable: bool,
+    pub short_polling_time_mills: u64,
+    pub register_name_server_period_ms: u64,
+    pub flush_consumer_offset_interval_ms: u64,
+    pub client_channel_max_idle_time_ms: u64,
     pub store: StoreConfig,
 }
 
@@ -36,14 +45,70 @@ impl Default for BrokerConfig {
             namesrv_addr: None,
             listen_port: 10911,
             broker_ip1: "127.0.0.1".into(),
+            auto_create_topic_enable: true,
+            auto_create_subscription_group: true,
+            default_topic_queue_nums: 8,
+            broker_permission: 6,
+            long_polling_enable: true,
+            short_polling_time_mills: 1000,
+            register_name_server_period_ms: 30_000,
+            flush_consumer_offset_interval_ms: 5_000,
+            client_channel_max_idle_time_ms: 120_000,
             store: StoreConfig::default(),
         }
     }
 }
 
 /// RocketMQ broker keys accepted and shown by `-p` that later parts of Keel act on.
-const BROKER_KEYS: &[&str] =
-    &["brokerClusterName", "brokerName", "brokerId", "brokerRole", "namesrvAddr", "listenPort", "brokerIP1"];
+const BROKER_KEYS: &[&str] = &[
+    "brokerClusterName",
+    "brokerName",
+    "brokerId",
+    "brokerRole",
+    "namesrvAddr",
+    "listenPort",
+    "brokerIP1",
+    "autoCreateTopicEnable",
+    "autoCreateSubscriptionGroup",
+    "defaultTopicQueueNums",
+    "brokerPermission",
+    "longPollingEnable",
+    "shortPollingTimeMills",
+    "registerNameServerPeriod",
+    "flushConsumerOffsetInterval",
+    "clientChannelMaxIdleTimeSeconds",
+];
+
+/// RocketMQ keys Keel accepts and has nothing to do for (thread pools and the like sized for
+/// the JVM): no warning, no effect.
+const ACCEPTED_KEYS: &[&str] = &[
+    "sendMessageThreadPoolNums",
+    "pullMessageThreadPoolNums",
+    "useReentrantLockWhenPutMessage",
+    "rocketmqHome",
+    "serverWorkerThreads",
+    "serverSelectorThreads",
+    "clientWorkerThreads",
+    "forceRegister",
+    "compressedRegister",
+    "traceTopicEnable",
+    "aclEnable",
+];
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, String> {
+    match value.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("{key}: '{value}' is not true or false")),
+    }
+}
+
+fn parse_num(key: &str, value: &str, min: u64, max: u64) -> Result<u64, String> {
+    match value.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("{key}: '{value}' is not a number in {min}..={max}")),
+    }
+}
 
 /// A bad value: where it is and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +138,23 @@ impl BrokerConfig {
             "namesrvAddr" => self.namesrv_addr = Some(v.into()),
             "listenPort" => self.listen_port = v.parse().map_err(|_| format!("{key}: '{value}' is not a port"))?,
             "brokerIP1" => self.broker_ip1 = v.into(),
+            "autoCreateTopicEnable" => self.auto_create_topic_enable = parse_bool(key, value)?,
+            "autoCreateSubscriptionGroup" => self.auto_create_subscription_group = parse_bool(key, value)?,
+            "longPollingEnable" => self.long_polling_enable = parse_bool(key, value)?,
+            "defaultTopicQueueNums" => self.default_topic_queue_nums = parse_num(key, value, 1, 1024)? as u32,
+            "brokerPermission" => self.broker_permission = parse_num(key, value, 0, 7)? as u32,
+            "shortPollingTimeMills" => self.short_polling_time_mills = parse_num(key, value, 1, u32::MAX as u64)?,
+            // RocketMQ clamps the period to 10..60 s.
+            "registerNameServerPeriod" => {
+                self.register_name_server_period_ms = parse_num(key, value, 0, u64::MAX)?.clamp(10_000, 60_000)
+            }
+            "flushConsumerOffsetInterval" => {
+                self.flush_consumer_offset_interval_ms = parse_num(key, value, 1, u32::MAX as u64)?
+            }
+            "clientChannelMaxIdleTimeSeconds" => {
+                self.client_channel_max_idle_time_ms = parse_num(key, value, 1, u32::MAX as u64)? * 1000
+            }
+            k if ACCEPTED_KEYS.contains(&k) => {}
             _ => return self.store.set(key, value),
         }
         Ok(true)
@@ -93,12 +175,29 @@ impl BrokerConfig {
                 Err(message) => return Err(ConfigError { file: file.into(), line: e.line, message }),
             }
         }
-        cfg.store.store_host = format!("{}:{}", cfg.broker_ip1, cfg.listen_port).parse().map_err(|_| ConfigError {
-            file: file.into(),
-            line: 0,
-            message: format!("brokerIP1: '{}' is not an IP address", cfg.broker_ip1),
-        })?;
+        cfg.finish().map_err(|message| ConfigError { file: file.into(), line: 0, message })?;
         Ok((cfg, warnings))
+    }
+
+    /// Derives what follows from the keys (the store host) and checks the combination.
+    pub fn finish(&mut self) -> Result<(), String> {
+        self.store.store_host = format!("{}:{}", self.broker_ip1, self.listen_port)
+            .parse()
+            .map_err(|_| format!("brokerIP1: '{}' is not an IP address", self.broker_ip1))?;
+        match (self.broker_role, self.broker_id) {
+            (BrokerRole::Slave, 0) => return Err("brokerId: a SLAVE needs a brokerId above 0".into()),
+            (BrokerRole::AsyncMaster | BrokerRole::SyncMaster, id) if id != 0 => {
+                tracing::warn!(broker_id = id, "a master's brokerId is forced to 0");
+                self.broker_id = 0;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// "ip:port" clients reach this broker at.
+    pub fn broker_addr(&self) -> String {
+        format!("{}:{}", self.broker_ip1, self.listen_port)
     }
 
     /// Every key and value, as `-p` prints them (`-m`: only the important ones).
@@ -118,6 +217,7 @@ impl BrokerConfig {
             ("namesrvAddr", self.namesrv_addr.clone().unwrap_or_default()),
             ("listenPort", self.listen_port.to_string()),
             ("brokerIP1", self.broker_ip1.clone()),
+            ("autoCreateTopicEnable", self.auto_create_topic_enable.to_string()),
             ("storePathRootDir", s.store_path_root_dir.display().to_string()),
             ("storePathCommitLog", s.commit_log_dir().display().to_string()),
             (
@@ -128,6 +228,14 @@ impl BrokerConfig {
         ];
         if !important_only {
             out.extend([
+                ("autoCreateSubscriptionGroup", self.auto_create_subscription_group.to_string()),
+                ("defaultTopicQueueNums", self.default_topic_queue_nums.to_string()),
+                ("brokerPermission", self.broker_permission.to_string()),
+                ("longPollingEnable", self.long_polling_enable.to_string()),
+                ("shortPollingTimeMills", self.short_polling_time_mills.to_string()),
+                ("registerNameServerPeriod", self.register_name_server_period_ms.to_string()),
+                ("flushConsumerOffsetInterval", self.flush_consumer_offset_interval_ms.to_string()),
+                ("clientChannelMaxIdleTimeSeconds", (self.client_channel_max_idle_time_ms / 1000).to_string()),
                 ("mappedFileSizeCommitLog", s.mapped_file_size_commit_log.to_string()),
                 ("mappedFileSizeConsumeQueue", s.mapped_file_size_consume_queue.to_string()),
                 ("flushIntervalCommitLog", s.flush_interval_commit_log_ms.to_string()),

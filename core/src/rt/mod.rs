@@ -4,6 +4,7 @@
 //! where time is virtual, the network is simulated and the disk is [`disk::SimDisk`].
 
 pub mod disk;
+pub mod net;
 
 pub use tokio::{select, spawn, sync, task, time};
 

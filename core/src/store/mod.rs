@@ -149,7 +149,12 @@ pub(crate) struct Inner {
     /// One checkpoint at a time: they share `checkpoint.tmp`.
     checkpoint_lock: crate::rt::sync::Mutex<()>,
     tasks: std::sync::Mutex<Vec<crate::rt::task::JoinHandle<()>>>,
+    /// Told of every new consume-queue entry (long polling wakes on it).
+    arrival: std::sync::OnceLock<ArrivalListener>,
 }
+
+/// Called with (topic, queue id, new max offset) after each consume-queue entry is written.
+pub type ArrivalListener = Arc<dyn Fn(&str, i32, u64) + Send + Sync>;
 
 /// A handle to an open store. Cheap to clone.
 #[derive(Clone)]
@@ -219,53 +224,89 @@ impl MessageStore {
         Ok(size)
     }
 
-    /// Appends one message. Returns once it is stored (and, under SYNC_FLUSH with WAIT, once
-    /// it is durable or `syncFlushTimeout` passed).
+    /// Appends one message. Returns once it is stored (and, under SYNC_FLUSH unless its
+    /// properties say `WAIT=false`, once it is durable or `syncFlushTimeout` passed).
     pub async fn put(&self, msg: &MessageInner) -> Result<PutResult, StoreError> {
+        let wait = record::property(&msg.properties, record::PROPERTY_WAIT) != Some("false");
+        self.put_opts(msg, wait).await
+    }
+
+    /// [`MessageStore::put`] with the wait-for-durability choice made by the caller (the
+    /// broker drops the `WAIT` property before storing, as RocketMQ does).
+    pub async fn put_opts(&self, msg: &MessageInner, wait: bool) -> Result<PutResult, StoreError> {
+        let mut v = self.put_batch(std::slice::from_ref(msg), wait).await?;
+        Ok(v.pop().expect("one result per message"))
+    }
+
+    /// Appends messages with consecutive positions in the log (and, per queue, consecutive
+    /// queue offsets): nothing else is appended between them. All are checked first; a
+    /// refused one refuses the batch with nothing written.
+    pub async fn put_batch(&self, msgs: &[MessageInner], wait: bool) -> Result<Vec<PutResult>, StoreError> {
         let inner = &self.inner;
-        self.check_message(msg)?;
+        let mut recs = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            self.check_message(msg)?;
+            let mut rec = Vec::new();
+            record::encode(msg, &mut rec, inner.cfg.enabled_append_prop_crc);
+            recs.push(rec);
+        }
         if inner.disk_full.load(Ordering::Relaxed) {
             return Err(StoreError::DiskFull);
         }
-        let mut rec = Vec::new();
-        record::encode(msg, &mut rec, inner.cfg.enabled_append_prop_crc);
-        let info = self.append(msg, &mut rec).await?;
-        let end = info.phys_offset as u64 + info.size as u64;
-        let wait = inner.cfg.flush_disk_type == FlushDiskType::SyncFlush
-            && record::property(&msg.properties, record::PROPERTY_WAIT) != Some("false");
+        let infos = self.append(msgs, &mut recs).await?;
+        let end = infos.last().map_or(0, |i| i.phys_offset as u64 + i.size as u64);
+        let wait = wait && inner.cfg.flush_disk_type == FlushDiskType::SyncFlush;
         let status = if wait { self.wait_durable(end).await } else { PutStatus::PutOk };
-        Ok(PutResult {
-            status,
-            phys_offset: info.phys_offset as u64,
-            size: info.size as usize,
-            queue_offset: info.queue_offset as u64,
-            store_timestamp: info.store_timestamp,
-            msg_id: record::offset_msg_id(&inner.cfg.store_host, info.phys_offset),
-        })
+        Ok(infos
+            .into_iter()
+            .map(|info| PutResult {
+                status,
+                phys_offset: info.phys_offset as u64,
+                size: info.size as usize,
+                queue_offset: info.queue_offset as u64,
+                store_timestamp: info.store_timestamp,
+                msg_id: record::offset_msg_id(&inner.cfg.store_host, info.phys_offset),
+            })
+            .collect())
+    }
+
+    /// Sets the listener told of each new consume-queue entry. Only the first call counts.
+    pub fn set_arrival_listener(&self, l: ArrivalListener) {
+        let _ = self.inner.arrival.set(l);
     }
 
     /// Steps (2) and (3) of the write path, under the put lock.
-    async fn append(&self, msg: &MessageInner, rec: &mut [u8]) -> Result<DispatchInfo, StoreError> {
+    async fn append(&self, msgs: &[MessageInner], recs: &mut [Vec<u8>]) -> Result<Vec<DispatchInfo>, StoreError> {
         let inner = &self.inner;
         let mut st = inner.put.lock().await;
         if st.shut_down {
             return Err(StoreError::ShutDown);
         }
-        let queue_offset = st.offsets.get(&msg.topic).and_then(|q| q.get(&msg.queue_id)).copied().unwrap_or(0);
-        // Store time never goes backwards within one log, even if the clock does.
-        let now = crate::rt::now_ms().max(inner.last_store_ts.load(Ordering::Relaxed));
-        let phys = inner.commitlog.append(rec, queue_offset as i64, now as i64).await?;
-        st.offsets.entry(msg.topic.clone()).or_default().insert(msg.queue_id, queue_offset + 1);
-        inner.last_store_ts.store(now, Ordering::Relaxed);
-        let info = DispatchInfo::new(msg, queue_offset as i64, phys as i64, rec.len() as i32, now as i64);
-        // A dispatch that failed earlier (disk error on a queue file) is caught up from the
-        // log first, so consume queues stay in log order.
-        if inner.dispatched.load(Ordering::Acquire) < phys {
-            self.catch_up_dispatch(phys).await?;
+        let mut infos = Vec::with_capacity(msgs.len());
+        for (msg, rec) in msgs.iter().zip(recs.iter_mut()) {
+            let queue_offset = st.offsets.get(&msg.topic).and_then(|q| q.get(&msg.queue_id)).copied().unwrap_or(0);
+            // Store time never goes backwards within one log, even if the clock does.
+            let now = crate::rt::now_ms().max(inner.last_store_ts.load(Ordering::Relaxed));
+            let phys = inner.commitlog.append(rec, queue_offset as i64, now as i64).await?;
+            st.offsets.entry(msg.topic.clone()).or_default().insert(msg.queue_id, queue_offset + 1);
+            inner.last_store_ts.store(now, Ordering::Relaxed);
+            let info = DispatchInfo::new(msg, queue_offset as i64, phys as i64, rec.len() as i32, now as i64);
+            // A dispatch that failed earlier (disk error on a queue file) is caught up from the
+            // log first, so consume queues stay in log order.
+            if inner.dispatched.load(Ordering::Acquire) < phys {
+                self.catch_up_dispatch(phys).await?;
+            }
+            self.dispatch(&info, 0).await?;
+            inner.dispatched.store(phys + rec.len() as u64, Ordering::Release);
+            infos.push(info);
         }
-        self.dispatch(&info, 0).await?;
-        inner.dispatched.store(phys + rec.len() as u64, Ordering::Release);
-        Ok(info)
+        drop(st);
+        if let Some(l) = inner.arrival.get() {
+            for i in infos.iter().filter(|i| record::is_consumable(i.sys_flag)) {
+                l(&i.topic, i.queue_id, i.queue_offset as u64 + 1);
+            }
+        }
+        Ok(infos)
     }
 
     async fn wait_durable(&self, end: u64) -> PutStatus {
@@ -371,7 +412,7 @@ impl MessageStore {
         offset: u64,
         max_count: usize,
         max_bytes: usize,
-        filter: Option<&dyn Fn(i64) -> bool>,
+        filter: Option<&(dyn Fn(i64) -> bool + Sync)>,
     ) -> Result<GetResult, StoreError> {
         let mut res = GetResult {
             status: GetStatus::NoMessageInQueue,
@@ -417,7 +458,7 @@ impl MessageStore {
         offset: u64,
         max_count: usize,
         max_bytes: usize,
-        filter: Option<&dyn Fn(i64) -> bool>,
+        filter: Option<&(dyn Fn(i64) -> bool + Sync)>,
         res: &mut GetResult,
     ) -> Result<(), StoreError> {
         let log_min = self.inner.commitlog.min_offset();
@@ -477,6 +518,12 @@ impl MessageStore {
     /// The record at a commitlog offset (offsetMsgId lookups), checked.
     pub async fn lookup(&self, phys_offset: u64) -> Result<MessageExt, StoreError> {
         self.inner.commitlog.read_record(phys_offset, None).await
+    }
+
+    /// The raw record at a commitlog offset (VIEW_MESSAGE_BY_ID's body) and its decoded form,
+    /// checked.
+    pub async fn lookup_raw(&self, phys_offset: u64) -> Result<(Bytes, MessageExt), StoreError> {
+        self.inner.commitlog.read_checked(phys_offset, None).await
     }
 
     /// Messages of `topic` whose UNIQ_KEY or one of whose KEYS is `key`, stored within
@@ -557,6 +604,34 @@ impl MessageStore {
     /// (syncs, total ns spent in them) by the commitlog flusher since open.
     pub fn flush_stats(&self) -> (u64, u64) {
         (self.inner.flush_count.load(Ordering::Relaxed), self.inner.flush_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Store time of the newest message in a queue, 0 when it has none.
+    pub async fn last_store_time(&self, topic: &str, queue_id: i32) -> i64 {
+        let Some(cq) = self.existing_queue(topic, queue_id) else { return 0 };
+        let max = cq.max_offset();
+        if max == 0 || max <= cq.min_offset() {
+            return 0;
+        }
+        match cq.entry(max - 1).await {
+            Ok(Some(e)) if !e.is_filler() => {
+                self.store_time_of(e.phys_offset as u64, e.size as usize).await.unwrap_or(0).max(0)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Store time of the oldest message still in the log, 0 when it is empty.
+    pub async fn earliest_message_time(&self) -> i64 {
+        let min = self.commitlog_min_offset();
+        if min >= self.commitlog_max_offset() {
+            return 0;
+        }
+        self.lookup(min).await.map(|m| m.store_timestamp).unwrap_or(0)
+    }
+
+    pub fn disk(&self) -> &Disk {
+        &self.inner.disk
     }
 
     pub fn commitlog_flushed_offset(&self) -> u64 {

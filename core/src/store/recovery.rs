@@ -60,6 +60,7 @@ pub(super) async fn open(cfg: StoreConfig, disk: Disk) -> Result<MessageStore, S
             lock: std::sync::Mutex::new(Some(lock)),
             checkpoint_lock: Mutex::new(()),
             tasks: std::sync::Mutex::new(Vec::new()),
+            arrival: std::sync::OnceLock::new(),
         }),
     };
     store.recover(crashed, ckpt).await?;

@@ -1,0 +1,162 @@
+//! PULL_MESSAGE with long polling.
+//!
+//! A pull that finds nothing new (PULL_NOT_FOUND) and carries the SUSPEND flag parks until a
+//! message arrives on its queue or `suspendTimeoutMillis` passes (`shortPollingTimeMills`
+//! when long polling is off), then runs again and answers with whatever it finds then. Parked
+//! pulls live inside their connection's task: they cost a future, not a thread or a task.
+
+use super::Broker;
+use crate::protocol::body::SubscriptionData;
+use crate::protocol::code::{perm, pull_flag, response};
+use crate::protocol::header::PullMessageHeader;
+use crate::protocol::RemotingCommand;
+use crate::store::{GetResult, GetStatus};
+use bytes::BytesMut;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Most bytes one pull returns (RocketMQ's `maxTransferBytesOnMessageInMemory`).
+const MAX_TRANSFER_BYTES: usize = 256 * 1024;
+/// Most messages one pull returns (`maxTransferCountOnMessageInMemory`).
+const MAX_TRANSFER_COUNT: usize = 32;
+
+fn status_code(status: GetStatus, offset: i64) -> (i32, &'static str) {
+    match status {
+        GetStatus::Found => (response::SUCCESS, "FOUND"),
+        GetStatus::NoMatchedMessage => (response::PULL_RETRY_IMMEDIATELY, "NO_MATCHED_MESSAGE"),
+        GetStatus::MessageWasRemoving => (response::PULL_RETRY_IMMEDIATELY, "MESSAGE_WAS_REMOVING"),
+        GetStatus::NoMessageInQueue if offset != 0 => (response::PULL_OFFSET_MOVED, "NO_MESSAGE_IN_QUEUE"),
+        GetStatus::NoMessageInQueue => (response::PULL_NOT_FOUND, "NO_MESSAGE_IN_QUEUE"),
+        GetStatus::NoMatchedLogicQueue if offset != 0 => (response::PULL_OFFSET_MOVED, "NO_MATCHED_LOGIC_QUEUE"),
+        GetStatus::NoMatchedLogicQueue => (response::PULL_NOT_FOUND, "NO_MATCHED_LOGIC_QUEUE"),
+        GetStatus::OffsetOverflowOne => (response::PULL_NOT_FOUND, "OFFSET_OVERFLOW_ONE"),
+        GetStatus::OffsetFoundNull => (response::PULL_NOT_FOUND, "OFFSET_FOUND_NULL"),
+        GetStatus::OffsetOverflowBadly => (response::PULL_OFFSET_MOVED, "OFFSET_OVERFLOW_BADLY"),
+        GetStatus::OffsetTooSmall => (response::PULL_OFFSET_MOVED, "OFFSET_TOO_SMALL"),
+    }
+}
+
+impl Broker {
+    /// The checks of RocketMQ's `PullMessageProcessor`, then the read, then (if nothing was
+    /// found and the pull may wait) the wait.
+    pub(super) async fn pull_message(self: &Arc<Self>, req: &RemotingCommand) -> RemotingCommand {
+        let h = match PullMessageHeader::decode(req) {
+            Ok(h) => h,
+            Err(e) => return req.error(response::SYSTEM_ERROR, e.to_string()),
+        };
+        if !perm::readable(self.cfg.broker_permission) {
+            return req.error(
+                response::NO_PERMISSION,
+                format!("the broker[{}] pulling message is forbidden", self.cfg.broker_name),
+            );
+        }
+        let Some((group, _)) = self.groups.find_or_create(&h.consumer_group, self.cfg.auto_create_subscription_group)
+        else {
+            return req.error(
+                response::SUBSCRIPTION_GROUP_NOT_EXIST,
+                format!("subscription group [{}] does not exist", h.consumer_group),
+            );
+        };
+        if !group.consume_enable {
+            return req
+                .error(response::NO_PERMISSION, format!("subscription group no permission, {}", h.consumer_group));
+        }
+        let Some(tc) = self.topics.get(&h.topic) else {
+            return req.error(response::TOPIC_NOT_EXIST, format!("topic[{}] not exist, apply first please!", h.topic));
+        };
+        if !perm::readable(tc.perm) {
+            return req.error(response::NO_PERMISSION, format!("the topic[{}] pulling message is forbidden", h.topic));
+        }
+        if h.queue_id < 0 || h.queue_id as u32 >= tc.read_queue_nums {
+            return req.error(
+                response::SYSTEM_ERROR,
+                format!(
+                    "queueId[{}] is illegal, topic:[{}] topicConfig.readQueueNums:[{}]",
+                    h.queue_id, h.topic, tc.read_queue_nums
+                ),
+            );
+        }
+        let sub = if h.sys_flag & pull_flag::SUBSCRIPTION != 0 {
+            let expr = h.subscription.as_deref().unwrap_or("*");
+            if h.expression_type.as_deref().is_some_and(|t| t != "TAG") {
+                return req.error(response::SUBSCRIPTION_PARSE_FAILED, "only TAG expressions are supported");
+            }
+            SubscriptionData::build(&h.topic, expr, h.sub_version)
+        } else {
+            match self.clients.subscription(&h.consumer_group, &h.topic) {
+                None => {
+                    return req.error(
+                        response::SUBSCRIPTION_NOT_EXIST,
+                        format!("the consumer's subscription not exist, group: {}", h.consumer_group),
+                    )
+                }
+                Some(s) if s.sub_version < h.sub_version => {
+                    return req.error(response::SUBSCRIPTION_NOT_LATEST, "the consumer's subscription not latest")
+                }
+                Some(s) => s,
+            }
+        };
+        let offset = h.queue_offset.max(0) as u64;
+        let max = (h.max_msg_nums.max(1) as usize).min(MAX_TRANSFER_COUNT);
+        let may_wait = h.sys_flag & pull_flag::SUSPEND != 0;
+        let wait = if self.cfg.long_polling_enable {
+            Duration::from_millis(h.suspend_timeout_millis.max(0) as u64)
+        } else {
+            Duration::from_millis(self.cfg.short_polling_time_mills)
+        };
+        let deadline = crate::rt::instant() + wait;
+        let filter = |code: i64| sub.matches_code(code);
+        let mut woken = false;
+        let got = loop {
+            // Register before reading, so an arrival between the read and the wait wakes us.
+            let notifier = self.hold.notifier(&h.topic, h.queue_id);
+            let notified = notifier.notified();
+            let got = match self
+                .store
+                .get_message(&h.topic, h.queue_id, offset, max, MAX_TRANSFER_BYTES, Some(&filter))
+                .await
+            {
+                Ok(g) => g,
+                Err(e) => return req.error(response::SYSTEM_ERROR, e.to_string()),
+            };
+            let (code, _) = status_code(got.status, h.queue_offset);
+            if code != response::PULL_NOT_FOUND
+                || !may_wait
+                || self.hold.stopping.load(Ordering::Acquire)
+                || crate::rt::instant() >= deadline
+            {
+                break got;
+            }
+            let shutdown = self.hold.shutdown.notified();
+            crate::rt::select! {
+                _ = notified => woken = true,
+                _ = shutdown => {}
+                _ = crate::rt::time::sleep_until(deadline) => {}
+            }
+        };
+        if h.sys_flag & pull_flag::COMMIT_OFFSET != 0 && !self.is_slave() && !woken && h.commit_offset >= 0 {
+            self.offsets.commit(&h.consumer_group, &h.topic, h.queue_id, h.commit_offset);
+        }
+        self.pull_response(req, &h, got)
+    }
+
+    fn pull_response(&self, req: &RemotingCommand, h: &PullMessageHeader, got: GetResult) -> RemotingCommand {
+        let (code, remark) = status_code(got.status, h.queue_offset);
+        let mut resp = req.response(code, Some(remark.to_string()));
+        resp.set("suggestWhichBrokerId", 0);
+        resp.set("nextBeginOffset", got.next_begin_offset);
+        resp.set("minOffset", got.min_offset);
+        resp.set("maxOffset", got.max_offset);
+        if code == response::SUCCESS {
+            self.stats.get_total.fetch_add(got.messages.len() as u64, Ordering::Relaxed);
+            let size = got.messages.iter().map(|m| m.record.len()).sum();
+            let mut body = BytesMut::with_capacity(size);
+            for m in &got.messages {
+                body.extend_from_slice(&m.record);
+            }
+            resp.body = body.freeze();
+        }
+        resp
+    }
+}

@@ -1,0 +1,285 @@
+//! A name server and two masters on real tokio over 127.0.0.1, in one process: producers,
+//! a consumer group, rebalance, a broker restart, route expiry, the store lock.
+
+mod common;
+
+use keel_core::broker::BrokerController;
+use keel_core::client::{
+    Admin, ClientConfig, ConsumeFromWhere, ConsumeResult, Message, Producer, PushConsumer, SendStatus,
+};
+use keel_core::config::broker::BrokerConfig;
+use keel_core::namesrv::{NameServer, NamesrvConfig};
+use keel_core::protocol::body::{MessageQueue, RegisterBrokerBody};
+use keel_core::protocol::code::{request, response};
+use keel_core::protocol::RemotingCommand;
+use keel_core::remoting::RemotingClient;
+use keel_core::rt::disk::Disk;
+use keel_core::store::meta::TopicConfig;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn broker_config(name: &str, namesrv: &str, root: &Path, port: u16) -> BrokerConfig {
+    let mut cfg = BrokerConfig {
+        broker_name: name.into(),
+        namesrv_addr: Some(namesrv.into()),
+        listen_port: port,
+        ..Default::default()
+    };
+    cfg.store = common::small_config(root);
+    cfg.store.mapped_file_size_commit_log = 4 * 1024 * 1024;
+    cfg.store.mapped_file_size_consume_queue = 20 * 30_000;
+    cfg.store.flush_interval_commit_log_ms = 500;
+    cfg
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes; the condition, not the delay,
+/// is what the test waits for.
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+type Deliveries = Arc<Mutex<Vec<(String, String, Option<String>, MessageQueue)>>>;
+
+async fn consumer(namesrv: &str, deliveries: &Deliveries, who: &str) -> Arc<PushConsumer> {
+    let d = deliveries.clone();
+    let who = who.to_string();
+    PushConsumer::builder("CG", ClientConfig::new(namesrv))
+        .subscribe("TopicTest", "TagA || TagB")
+        .consume_from(ConsumeFromWhere::FirstOffset)
+        .start(Arc::new(move |msgs, mq| {
+            let mut d = d.lock().unwrap();
+            for m in msgs {
+                let key = m.property("UNIQ_KEY").unwrap_or_default().to_string();
+                d.push((key, who.clone(), m.property("TAGS").map(String::from), mq.clone()));
+            }
+            ConsumeResult::Success
+        }))
+        .await
+        .unwrap()
+}
+
+/// Sends `n` messages from 16 concurrent senders; returns (uniq key, tag) of the acked ones.
+async fn send_many(p: &Arc<Producer>, from: usize, n: usize) -> Vec<(String, String)> {
+    let tags = ["TagA", "TagB", "TagC"];
+    let per = n.div_ceil(16);
+    let mut handles = Vec::new();
+    for s in 0..16 {
+        let p = p.clone();
+        handles.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in (from + s * per)..(from + ((s + 1) * per).min(n)) {
+                let tag = tags[i % 3];
+                let msg = Message::new("TopicTest", format!("body-{i}")).with_tags(tag).with_keys(&[&format!("k{i}")]);
+                let r = p.send(&msg).await.expect("send");
+                assert_eq!(r.status, SendStatus::SendOk);
+                acked.push((r.msg_id, tag.to_string()));
+            }
+            acked
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    all
+}
+
+/// Every acked TagA/TagB message delivered exactly once; no TagC delivered.
+fn check_exactly_once(acked: &[(String, String)], deliveries: &Deliveries) {
+    let d = deliveries.lock().unwrap();
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (k, _, tag, _) in d.iter() {
+        assert_ne!(tag.as_deref(), Some("TagC"), "TagC was filtered out by the subscription");
+        *seen.entry(k.as_str()).or_default() += 1;
+    }
+    let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "duplicates: {:?}", &dups[..dups.len().min(5)]);
+    let lost: Vec<_> = acked.iter().filter(|(k, t)| t != "TagC" && !seen.contains_key(k.as_str())).collect();
+    assert!(lost.is_empty(), "{} acked messages never delivered, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    let expected = acked.iter().filter(|(_, t)| t != "TagC").count();
+    assert_eq!(seen.len(), expected, "deliveries of messages never acked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_masters_one_group_rebalance_and_restart() {
+    common::init_logs();
+    let ns =
+        NameServer::start(NamesrvConfig { listen_addr: "127.0.0.1:0".into(), ..Default::default() }).await.unwrap();
+    let nsaddr = ns.local_addr().to_string();
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let a = BrokerController::start(broker_config("broker-a", &nsaddr, dir_a.path(), 0), Disk::Real).await.unwrap();
+    let b = BrokerController::start(broker_config("broker-b", &nsaddr, dir_b.path(), 0), Disk::Real).await.unwrap();
+    let b_addr = b.addr().to_string();
+    let b_port: u16 = b_addr.rsplit(':').next().unwrap().parse().unwrap();
+
+    let admin = Admin::new(ClientConfig::new(&nsaddr));
+    for addr in [a.addr(), b.addr()] {
+        let tc = TopicConfig {
+            topic_name: "TopicTest".into(),
+            read_queue_nums: 8,
+            write_queue_nums: 8,
+            ..Default::default()
+        };
+        admin.create_topic(addr, &tc).await.unwrap();
+    }
+    wait_until("the topic on both brokers in the route", Duration::from_secs(10), || async {
+        admin.topic_route("TopicTest").await.is_ok_and(|r| r.queue_datas.len() == 2)
+    })
+    .await;
+    let info = admin.cluster_info().await.unwrap();
+    assert_eq!(
+        info.cluster_addr_table["DefaultCluster"],
+        BTreeSet::from(["broker-a".to_string(), "broker-b".to_string()])
+    );
+
+    let deliveries: Deliveries = Arc::default();
+    let c1 = consumer(&nsaddr, &deliveries, "c1").await;
+    let c2 = consumer(&nsaddr, &deliveries, "c2").await;
+    let topic_queues = |v: Vec<MessageQueue>| v.into_iter().filter(|q| q.topic == "TopicTest").count();
+    wait_until("the group to split 16 queues 8/8", Duration::from_secs(20), || async {
+        topic_queues(c1.assignment().await) == 8 && topic_queues(c2.assignment().await) == 8
+    })
+    .await;
+
+    let producer = Producer::start("PG", ClientConfig::new(&nsaddr)).await.unwrap();
+    let mut acked = send_many(&producer, 0, 10_000).await;
+    assert_eq!(acked.len(), 10_000);
+    let expected = |acked: &Vec<(String, String)>| acked.iter().filter(|(_, t)| t != "TagC").count();
+    let want = expected(&acked);
+    wait_until("every TagA/TagB message delivered", Duration::from_secs(60), || async {
+        deliveries.lock().unwrap().len() >= want
+    })
+    .await;
+    check_exactly_once(&acked, &deliveries);
+    {
+        let d = deliveries.lock().unwrap();
+        let by: BTreeSet<&str> = d.iter().map(|(_, who, _, _)| who.as_str()).collect();
+        assert_eq!(by.len(), 2, "both consumers consumed");
+        // Messages went to both brokers.
+        let brokers: BTreeSet<&str> = d.iter().map(|(_, _, _, q)| q.broker_name.as_str()).collect();
+        assert_eq!(brokers.len(), 2);
+    }
+
+    // Stop one consumer: the other takes all 16 queues and nothing is lost or repeated.
+    c2.shutdown().await;
+    wait_until("c1 to own all 16 queues", Duration::from_secs(20), || async {
+        topic_queues(c1.assignment().await) == 16
+    })
+    .await;
+    acked.extend(send_many(&producer, 10_000, 2_000).await);
+    let want = expected(&acked);
+    wait_until("deliveries after the rebalance", Duration::from_secs(30), || async {
+        deliveries.lock().unwrap().len() >= want
+    })
+    .await;
+    check_exactly_once(&acked, &deliveries);
+
+    // Restart broker-b: committed offsets survive, consumers resume from them.
+    let committed_before: i64 = {
+        let mut sum = 0;
+        for q in 0..8 {
+            let mq = MessageQueue { topic: "TopicTest".into(), broker_name: "broker-b".into(), queue_id: q };
+            wait_until("offsets committed on broker-b", Duration::from_secs(15), || async {
+                let max = admin.topic_stats(&b_addr, "TopicTest").await.unwrap()[&mq].max_offset;
+                admin.query_consumer_offset(&b_addr, "CG", &mq).await.is_ok_and(|o| o == max)
+            })
+            .await;
+            sum += admin.query_consumer_offset(&b_addr, "CG", &mq).await.unwrap();
+        }
+        sum
+    };
+    assert!(committed_before > 0);
+    b.shutdown().await.unwrap();
+    let b =
+        BrokerController::start(broker_config("broker-b", &nsaddr, dir_b.path(), b_port), Disk::Real).await.unwrap();
+    let mut committed_after = 0;
+    for q in 0..8 {
+        let mq = MessageQueue { topic: "TopicTest".into(), broker_name: "broker-b".into(), queue_id: q };
+        committed_after += admin.query_consumer_offset(&b_addr, "CG", &mq).await.unwrap();
+    }
+    assert_eq!(committed_after, committed_before, "offsets persisted across the restart");
+    acked.extend(send_many(&producer, 12_000, 1_000).await);
+    let want = expected(&acked);
+    wait_until("deliveries after the broker restart", Duration::from_secs(60), || async {
+        deliveries.lock().unwrap().len() >= want
+    })
+    .await;
+    check_exactly_once(&acked, &deliveries);
+
+    c1.shutdown().await;
+    producer.shutdown().await;
+    admin.shutdown().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    ns.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_broker_that_stops_registering_disappears_from_routes() {
+    let ns = NameServer::start(NamesrvConfig {
+        listen_addr: "127.0.0.1:0".into(),
+        scan_interval: Duration::from_millis(100),
+        broker_expire: Duration::from_millis(600),
+    })
+    .await
+    .unwrap();
+    let nsaddr = ns.local_addr().to_string();
+    // A broker that registers once and then stays silent on an open connection.
+    let client = RemotingClient::new();
+    let mut body = RegisterBrokerBody::default();
+    body.topic_config_serialize_wrapper.topic_config_table.insert(
+        "Silent".into(),
+        TopicConfig { topic_name: "Silent".into(), read_queue_nums: 4, write_queue_nums: 4, ..Default::default() },
+    );
+    let header = keel_core::namesrv::broker_header("DefaultCluster", "broker-s", "127.0.0.1:1", 0);
+    let reg =
+        RemotingCommand::request(request::REGISTER_BROKER, header).with_body(keel_core::protocol::body::encode(&body));
+    let r = client.invoke(&nsaddr, reg, Duration::from_secs(3)).await.unwrap();
+    assert_eq!(r.code, response::SUCCESS);
+    let admin = Admin::new(ClientConfig::new(&nsaddr));
+    assert_eq!(admin.topic_route("Silent").await.unwrap().queue_datas[0].write_queue_nums, 4);
+    wait_until("the silent broker to expire", Duration::from_secs(10), || async {
+        admin.topic_route("Silent").await.is_err()
+    })
+    .await;
+    assert!(admin.cluster_info().await.unwrap().broker_addr_table.is_empty());
+
+    // A broker whose connection closes is removed at once.
+    let client2 = RemotingClient::new();
+    let header = keel_core::namesrv::broker_header("DefaultCluster", "broker-c", "127.0.0.1:2", 0);
+    let reg =
+        RemotingCommand::request(request::REGISTER_BROKER, header).with_body(keel_core::protocol::body::encode(&body));
+    client2.invoke(&nsaddr, reg, Duration::from_secs(3)).await.unwrap();
+    assert!(admin.topic_route("Silent").await.is_ok());
+    client2.close_all();
+    wait_until("the closed broker to be removed", Duration::from_millis(500), || async {
+        admin.topic_route("Silent").await.is_err()
+    })
+    .await;
+    ns.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_broker_on_the_same_store_fails_with_the_lock_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let first =
+        BrokerController::start(broker_config("broker-a", "127.0.0.1:1", dir.path(), 0), Disk::Real).await.unwrap();
+    let err = match BrokerController::start(broker_config("broker-a", "127.0.0.1:1", dir.path(), 0), Disk::Real).await {
+        Ok(_) => panic!("a second broker opened a store in use"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("Lock failed, MQ already started"), "{err}");
+    assert!(err.contains(&dir.path().display().to_string()), "{err}");
+    first.shutdown().await.unwrap();
+}
