@@ -5,10 +5,16 @@
 //!   fdatasync; prints msgs/s, MB/s and latency percentiles.
 //! - `bench recovery`: writes a log of a given size, abandons the store as a crash would, and
 //!   times recovery (and a clean restart).
+//! - `bench produce` / `bench consume`: against a running cluster, RocketMQ's benchmark lines.
+//! - `bench echo`: raw loopback request/response of the same frame bytes (the baseline).
+//! - `bench cluster`: the produce matrix with the echo baseline, broker processes per flush
+//!   mode started and stopped by the bench itself.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+#[path = "../bench/net.rs"]
+mod net;
 #[path = "../bench/store.rs"]
 mod store;
 
@@ -25,6 +31,20 @@ enum Mode {
     Store(store::StoreArgs),
     /// Recovery time of a crashed store with a log of the given size.
     Recovery(store::RecoveryArgs),
+    /// Send to a running cluster.
+    Produce(net::ProduceArgs),
+    /// Consume from a running cluster.
+    Consume(net::ConsumeArgs),
+    /// Raw loopback request/response echo (starts its own server unless --addr is given).
+    Echo(net::EchoArgs),
+    /// An echo server for `echo --addr` and `cluster`.
+    #[command(name = "echo-server")]
+    EchoServer {
+        #[arg(long, default_value = "127.0.0.1:19999")]
+        bind: String,
+    },
+    /// The produce matrix against broker processes, with the echo baseline.
+    Cluster(net::ClusterArgs),
 }
 
 fn main() -> Result<()> {
@@ -34,5 +54,27 @@ fn main() -> Result<()> {
     match Cli::parse().mode {
         Mode::Store(a) => store::run_store(a),
         Mode::Recovery(a) => store::run_recovery(a),
+        Mode::Produce(a) => {
+            let rt = keel::runtime()?;
+            let o = rt.block_on(net::produce(&a))?;
+            net::print_percentiles(&format!("produce {} B x{}", a.size, a.threads), &o);
+            Ok(())
+        }
+        Mode::Consume(a) => keel::runtime()?.block_on(net::consume(&a)),
+        Mode::Echo(a) => keel::runtime()?.block_on(async {
+            let addr = match &a.addr {
+                Some(x) => x.clone(),
+                None => net::echo_server("127.0.0.1:0").await?.to_string(),
+            };
+            let o = net::echo(&addr, a.size, a.threads, a.seconds).await?;
+            net::print_percentiles(&format!("echo {} B x{}", a.size, a.threads), &o);
+            Ok(())
+        }),
+        Mode::EchoServer { bind } => keel::runtime()?.block_on(async {
+            net::echo_server(&bind).await?;
+            std::future::pending::<()>().await;
+            Ok(())
+        }),
+        Mode::Cluster(a) => keel::runtime()?.block_on(net::cluster(&a)),
     }
 }

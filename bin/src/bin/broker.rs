@@ -1,13 +1,14 @@
-//! `broker`: RocketMQ's `mqbroker` flags (`-c file`, `-n addrs`, `-p`, `-m`). Opens (and if
-//! needed recovers) the store and keeps its flush, checkpoint and retention services running
-//! until Ctrl-C or SIGTERM, then shuts down cleanly. The remoting server arrives with the
-//! network layer; until then this is the store half of a broker.
+//! `broker`: RocketMQ's `mqbroker` flags (`-c file`, `-n addrs`, `-p`, `-m`). With no name
+//! server configured (no `-n`, no `namesrvAddr`) it also runs a name server in-process on
+//! 127.0.0.1:9876 — a standalone broker, the README's one command. Ctrl-C or SIGTERM shuts
+//! down gracefully: unregister, stop accepting, finish in-flight requests, flush, checkpoint.
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use keel_core::broker::BrokerController;
 use keel_core::config::broker::BrokerConfig;
+use keel_core::namesrv::{NameServer, NamesrvConfig};
 use keel_core::rt::disk::Disk;
-use keel_core::store::MessageStore;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -35,10 +36,8 @@ fn load(args: &Args) -> Result<BrokerConfig> {
         }
         None => {
             let mut cfg = BrokerConfig::default();
-            // RocketMQ's default store root is ~/store.
-            if let Some(home) = std::env::var_os("HOME") {
-                cfg.store.store_path_root_dir = PathBuf::from(home).join("store");
-            }
+            // Standalone: the store lives in ./store.
+            cfg.store.store_path_root_dir = PathBuf::from("store");
             (cfg, Vec::new())
         }
     };
@@ -64,27 +63,34 @@ fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
-    let cfg = load(&args)?;
+    let mut cfg = load(&args)?;
     if args.print || args.important {
         for (k, v) in cfg.describe(args.important) {
             println!("{k}={v}");
         }
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = keel::runtime()?;
     rt.block_on(async {
-        let store = MessageStore::open(cfg.store.clone(), Disk::Real)
+        let embedded = match &cfg.namesrv_addr {
+            Some(_) => None,
+            None => {
+                let ns =
+                    NameServer::start(NamesrvConfig::default()).await.context("starting the embedded name server")?;
+                cfg.namesrv_addr = Some(ns.local_addr().to_string());
+                Some(ns)
+            }
+        };
+        let store_dir = cfg.store.store_path_root_dir.clone();
+        let broker = BrokerController::start(cfg, Disk::Real)
             .await
-            .with_context(|| format!("opening store {}", cfg.store.store_path_root_dir.display()))?;
-        tracing::info!(
-            store = %cfg.store.store_path_root_dir.display(),
-            commitlog_max_offset = store.commitlog_max_offset(),
-            "The broker[{}, {}:{}] store ready; remoting is not built yet",
-            cfg.broker_name, cfg.broker_ip1, cfg.listen_port
-        );
+            .with_context(|| format!("starting the broker (store {})", store_dir.display()))?;
         shutdown_signal().await;
-        tracing::info!("shutting down: flushing the store");
-        store.shutdown().await?;
+        tracing::info!("shutting down");
+        broker.shutdown().await?;
+        if let Some(ns) = embedded {
+            ns.shutdown().await;
+        }
         Ok(())
     })
 }

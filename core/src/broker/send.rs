@@ -50,13 +50,15 @@ impl Broker {
             Some(tc) => tc,
             None => match self.auto_create_topic(h) {
                 Some(tc) => tc,
-                None => return Err(req.error(
-                    response::TOPIC_NOT_EXIST,
-                    format!(
+                None => {
+                    return Err(req.error(
+                        response::TOPIC_NOT_EXIST,
+                        format!(
                         "topic[{}] not exist, apply first please! https://rocketmq.apache.org/docs/bestPractice/06FAQ",
                         h.topic
                     ),
-                )),
+                    ))
+                }
             },
         };
         if !perm::writeable(tc.perm) {
