@@ -1,0 +1,1 @@
+//! Tests only: see `tests/`. Run with `cd interop && cargo test` (also run by `.ci/run`).
