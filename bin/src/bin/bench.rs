@@ -55,13 +55,13 @@ fn main() -> Result<()> {
         Mode::Store(a) => store::run_store(a),
         Mode::Recovery(a) => store::run_recovery(a),
         Mode::Produce(a) => {
-            let rt = keel::runtime()?;
+            let rt = keel::runtime_with(0)?;
             let o = rt.block_on(net::produce(&a))?;
             net::print_percentiles(&format!("produce {} B x{}", a.size, a.threads), &o);
             Ok(())
         }
-        Mode::Consume(a) => keel::runtime()?.block_on(net::consume(&a)),
-        Mode::Echo(a) => keel::runtime()?.block_on(async {
+        Mode::Consume(a) => keel::runtime_with(0)?.block_on(net::consume(&a)),
+        Mode::Echo(a) => keel::runtime_with(0)?.block_on(async {
             let addr = match &a.addr {
                 Some(x) => x.clone(),
                 None => net::echo_server("127.0.0.1:0").await?.to_string(),
@@ -70,11 +70,11 @@ fn main() -> Result<()> {
             net::print_percentiles(&format!("echo {} B x{}", a.size, a.threads), &o);
             Ok(())
         }),
-        Mode::EchoServer { bind } => keel::runtime()?.block_on(async {
+        Mode::EchoServer { bind } => keel::runtime_with(0)?.block_on(async {
             net::echo_server(&bind).await?;
             std::future::pending::<()>().await;
             Ok(())
         }),
-        Mode::Cluster(a) => keel::runtime()?.block_on(net::cluster(&a)),
+        Mode::Cluster(a) => keel::runtime_with(0)?.block_on(net::cluster(&a)),
     }
 }

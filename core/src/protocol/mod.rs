@@ -317,8 +317,71 @@ struct JsonHeader {
     flag: i32,
     #[serde(default)]
     remark: Option<String>,
-    #[serde(default)]
-    ext_fields: Option<BTreeMap<String, serde_json::Value>>,
+    #[serde(default, deserialize_with = "ext_fields")]
+    ext_fields: ExtFields,
+}
+
+/// Reads `extFields` straight into strings: numbers and booleans (which some clients send
+/// unquoted) become their text, nulls are dropped. No intermediate `Value` tree.
+fn ext_fields<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ExtFields, D::Error> {
+    use serde::de::{MapAccess, Visitor};
+    struct Text(Option<String>);
+    impl<'de> serde::Deserialize<'de> for Text {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Text;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a string, number, boolean or null")
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Text, E> {
+                    Ok(Text(Some(v.to_string())))
+                }
+                fn visit_string<E>(self, v: String) -> Result<Text, E> {
+                    Ok(Text(Some(v)))
+                }
+                fn visit_i64<E>(self, v: i64) -> Result<Text, E> {
+                    Ok(Text(Some(v.to_string())))
+                }
+                fn visit_u64<E>(self, v: u64) -> Result<Text, E> {
+                    Ok(Text(Some(v.to_string())))
+                }
+                fn visit_f64<E>(self, v: f64) -> Result<Text, E> {
+                    Ok(Text(Some(v.to_string())))
+                }
+                fn visit_bool<E>(self, v: bool) -> Result<Text, E> {
+                    Ok(Text(Some(v.to_string())))
+                }
+                fn visit_unit<E>(self) -> Result<Text, E> {
+                    Ok(Text(None))
+                }
+                fn visit_none<E>(self) -> Result<Text, E> {
+                    Ok(Text(None))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    struct M;
+    impl<'de> Visitor<'de> for M {
+        type Value = ExtFields;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of header fields")
+        }
+        fn visit_unit<E>(self) -> Result<ExtFields, E> {
+            Ok(ExtFields::new())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<ExtFields, A::Error> {
+            let mut out = ExtFields::new();
+            while let Some((k, v)) = m.next_entry::<String, Text>()? {
+                if let Some(v) = v.0 {
+                    out.insert(k, v);
+                }
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(M)
 }
 
 fn decode_json_header(header: &[u8]) -> Result<RemotingCommand, FrameError> {
@@ -328,16 +391,7 @@ fn decode_json_header(header: &[u8]) -> Result<RemotingCommand, FrameError> {
         Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(7) as u8,
         _ => 0,
     };
-    let ext = h
-        .ext_fields
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(k, v)| match v {
-            serde_json::Value::Null => None,
-            serde_json::Value::String(s) => Some((k, s)),
-            other => Some((k, other.to_string())),
-        })
-        .collect();
+    let ext = h.ext_fields;
     Ok(RemotingCommand {
         code: h.code,
         language,
