@@ -1,16 +1,23 @@
 //! Shared by Keel's binaries: the tokio runtime they run on.
 
-/// The runtime for a server or tool process. `KEEL_WORKER_THREADS` sets the worker count
-/// (0 = a single-threaded runtime); the default is what BENCHMARKS.md measured best on a
-/// 2-core machine.
+/// Broker and name server worker threads by default. On the 2-core machine BENCHMARKS.md
+/// measured, 1 worker gives the best ASYNC_FLUSH throughput but 2 keep serving while the
+/// flusher's `msync` holds a thread, which SYNC_FLUSH needs.
+pub const DEFAULT_WORKERS: usize = 2;
+
+/// The runtime for a server process. `KEEL_WORKER_THREADS` sets the worker count
+/// (0 = a single-threaded runtime).
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    runtime_with(DEFAULT_WORKERS)
+}
+
+/// [`runtime`] with another default (the benchmark client measured best single-threaded).
+pub fn runtime_with(default_workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let workers: usize =
-        std::env::var("KEEL_WORKER_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_WORKERS);
+        std::env::var("KEEL_WORKER_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(default_workers);
     if workers == 0 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
     }
 }
-
-pub const DEFAULT_WORKERS: usize = 2;
