@@ -287,8 +287,8 @@ async fn run(cli: Cli, namesrv: String) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
-                    "{:<32}  {:<4}  {:<20}  {:<20}    {}",
-                    "#Broker Name", "#QID", "#Min Offset", "#Max Offset", "#Last Updated"
+                    "{:<32}  {:<4}  {:<20}  {:<20}    #Last Updated",
+                    "#Broker Name", "#QID", "#Min Offset", "#Max Offset"
                 );
                 for (q, o) in rows {
                     println!(
@@ -317,8 +317,8 @@ async fn run(cli: Cli, namesrv: String) -> Result<()> {
                 );
             } else {
                 println!(
-                    "{:<64}  {:<32}  {:<4}  {:<20}  {:<20}  {:<20} {}",
-                    "#Topic", "#Broker Name", "#QID", "#Broker Offset", "#Consumer Offset", "#Diff", "#LastTime"
+                    "{:<64}  {:<32}  {:<4}  {:<20}  {:<20}  {:<20} #LastTime",
+                    "#Topic", "#Broker Name", "#QID", "#Broker Offset", "#Consumer Offset", "#Diff"
                 );
                 for (q, w) in &rows {
                     println!(
@@ -367,7 +367,7 @@ async fn run(cli: Cli, namesrv: String) -> Result<()> {
                     json!({"brokerName": r.queue.broker_name, "queueId": r.queue.queue_id, "sendStatus": format!("{:?}", r.status), "msgId": r.msg_id, "offsetMsgId": r.offset_msg_id, "queueOffset": r.queue_offset})
                 );
             } else {
-                println!("{:<32}  {:<4}  {:<20}    {}", "#Broker Name", "#QID", "#Send Result", "#MsgId");
+                println!("{:<32}  {:<4}  {:<20}    #MsgId", "#Broker Name", "#QID", "#Send Result");
                 println!(
                     "{:<32}  {:<4}  {:<20}    {}",
                     r.queue.broker_name,
