@@ -283,3 +283,91 @@ async fn a_second_broker_on_the_same_store_fails_with_the_lock_message() {
     assert!(err.contains(&dir.path().display().to_string()), "{err}");
     first.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasting_async_and_oneway_sends_and_name_server_fail_over() {
+    let ns =
+        NameServer::start(NamesrvConfig { listen_addr: "127.0.0.1:0".into(), ..Default::default() }).await.unwrap();
+    // A dead name server first in the list: clients must rotate past it.
+    let nsaddr = format!("127.0.0.1:1;{}", ns.local_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let broker =
+        BrokerController::start(broker_config("broker-a", &ns.local_addr().to_string(), dir.path(), 0), Disk::Real)
+            .await
+            .unwrap();
+    let admin = Admin::new(ClientConfig::new(&nsaddr));
+    let tc = TopicConfig { topic_name: "Bcast".into(), read_queue_nums: 4, write_queue_nums: 4, ..Default::default() };
+    admin.create_topic(broker.addr(), &tc).await.unwrap();
+    wait_until("the topic in the route", Duration::from_secs(10), || async {
+        admin.topic_route("Bcast").await.is_ok()
+    })
+    .await;
+
+    let offsets = tempfile::tempdir().unwrap();
+    let mut consumers = Vec::new();
+    let mut seen: Vec<Arc<Mutex<Vec<String>>>> = Vec::new();
+    for _ in 0..2 {
+        let got: Arc<Mutex<Vec<String>>> = Arc::default();
+        let g = got.clone();
+        let mut cfg = ClientConfig::new(&nsaddr);
+        cfg.offset_store_dir = offsets.path().to_path_buf();
+        let c = PushConsumer::builder("BG", cfg)
+            .subscribe("Bcast", "*")
+            .message_model(keel_core::client::MessageModel::Broadcasting)
+            .consume_from(ConsumeFromWhere::FirstOffset)
+            .start(Arc::new(move |msgs, _| {
+                g.lock().unwrap().extend(msgs.iter().map(|m| String::from_utf8_lossy(&m.inner.body).to_string()));
+                ConsumeResult::Success
+            }))
+            .await
+            .unwrap();
+        assert_eq!(c.assignment().await.len(), 4, "a broadcasting consumer takes every queue");
+        consumers.push(c);
+        seen.push(got);
+    }
+    let producer = Producer::start("PG", ClientConfig::new(&nsaddr)).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..100 {
+        let tx = tx.clone();
+        producer.send_async(Message::new("Bcast", format!("async-{i}")), move |r| {
+            let _ = tx.send(r.map(|r| r.status));
+        });
+    }
+    for _ in 0..100 {
+        assert_eq!(rx.recv().await.unwrap().unwrap(), SendStatus::SendOk);
+    }
+    for i in 0..20 {
+        producer.send_oneway(&Message::new("Bcast", format!("oneway-{i}"))).await.unwrap();
+    }
+    for got in &seen {
+        wait_until("every consumer to get all 120 messages", Duration::from_secs(30), || async {
+            got.lock().unwrap().len() >= 120
+        })
+        .await;
+        let set: BTreeSet<String> = got.lock().unwrap().iter().cloned().collect();
+        assert_eq!(set.len(), 120);
+        assert!(set.contains("async-99") && set.contains("oneway-19"));
+    }
+    for c in &consumers {
+        c.shutdown().await;
+    }
+    // Broadcasting offsets live on the client's disk, one file per consumer.
+    let files = walk(offsets.path());
+    assert_eq!(files.iter().filter(|f| f.ends_with("offsets.json")).count(), 2, "{files:?}");
+    producer.shutdown().await;
+    broker.shutdown().await.unwrap();
+    ns.shutdown().await;
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}
