@@ -4,74 +4,32 @@
 
 /// Quotes bare integer object keys: `{0:1, -2 :3}` becomes `{"0":1, "-2" :3}`.
 pub fn quote_numeric_keys(text: &str) -> std::borrow::Cow<'_, str> {
-    let b = text.as_bytes();
-    let mut out: Option<String> = None;
-    let mut in_str = false;
-    let mut escaped = false;
-    let mut last_copied = 0;
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if in_str {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_str = false,
-                _ => {}
-            }
-            i += 1;
-            continue;
+    quote_keys(text, |b, start| {
+        let mut j = start;
+        if j < b.len() && b[j] == b'-' {
+            j += 1;
         }
-        if c == b'"' {
-            in_str = true;
-        } else if c == b'{' || c == b',' {
-            let mut j = i + 1;
-            while j < b.len() && b[j].is_ascii_whitespace() {
-                j += 1;
-            }
-            let start = j;
-            if j < b.len() && b[j] == b'-' {
-                j += 1;
-            }
-            let digits = j;
-            while j < b.len() && b[j].is_ascii_digit() {
-                j += 1;
-            }
-            let mut k = j;
-            while k < b.len() && b[k].is_ascii_whitespace() {
-                k += 1;
-            }
-            if j > digits && k < b.len() && b[k] == b':' {
-                let o = out.get_or_insert_with(|| String::with_capacity(text.len() + 16));
-                o.push_str(&text[last_copied..start]);
-                o.push('"');
-                o.push_str(&text[start..j]);
-                o.push('"');
-                last_copied = j;
-                i = j;
-                continue;
-            }
+        let digits = j;
+        while j < b.len() && b[j].is_ascii_digit() {
+            j += 1;
         }
-        i += 1;
-    }
-    match out {
-        None => std::borrow::Cow::Borrowed(text),
-        Some(mut o) => {
-            o.push_str(&text[last_copied..]);
-            std::borrow::Cow::Owned(o)
-        }
-    }
+        (j > digits).then_some(j)
+    })
 }
 
 /// Quotes object-valued map keys: `{{"a":1}:2}` becomes `{"{\"a\":1}":2}`, so a map keyed by
 /// JSON objects (fastjson's MessageQueue keys) reads as a map keyed by strings.
 pub fn quote_object_keys(text: &str) -> std::borrow::Cow<'_, str> {
+    quote_keys(text, |b, start| if b.get(start) == Some(&b'{') { object_end(b, start) } else { None })
+}
+
+/// Walks `text` outside string literals; after each `{` or `,` (and whitespace) asks
+/// `key_end` whether a bare key starts there and where it ends. A bare key followed by `:`
+/// is rewritten as a JSON string. Valid JSON comes back borrowed and untouched.
+fn quote_keys(text: &str, key_end: impl Fn(&[u8], usize) -> Option<usize>) -> std::borrow::Cow<'_, str> {
     let b = text.as_bytes();
     let mut out: Option<String> = None;
-    let mut in_str = false;
-    let mut escaped = false;
-    let mut last_copied = 0;
-    let mut i = 0;
+    let (mut in_str, mut escaped, mut last_copied, mut i) = (false, false, 0, 0);
     while i < b.len() {
         let c = b[i];
         if in_str {
@@ -87,24 +45,22 @@ pub fn quote_object_keys(text: &str) -> std::borrow::Cow<'_, str> {
         if c == b'"' {
             in_str = true;
         } else if c == b'{' || c == b',' {
-            let mut j = i + 1;
-            while j < b.len() && b[j].is_ascii_whitespace() {
-                j += 1;
+            let mut start = i + 1;
+            while start < b.len() && b[start].is_ascii_whitespace() {
+                start += 1;
             }
-            if j < b.len() && b[j] == b'{' {
-                if let Some(end) = object_end(b, j) {
-                    let mut k = end;
-                    while k < b.len() && b[k].is_ascii_whitespace() {
-                        k += 1;
-                    }
-                    if k < b.len() && b[k] == b':' {
-                        let o = out.get_or_insert_with(|| String::with_capacity(text.len() + 64));
-                        o.push_str(&text[last_copied..j]);
-                        o.push_str(&serde_json::to_string(&text[j..end]).expect("string serializes"));
-                        last_copied = end;
-                        i = end;
-                        continue;
-                    }
+            if let Some(end) = key_end(b, start) {
+                let mut k = end;
+                while k < b.len() && b[k].is_ascii_whitespace() {
+                    k += 1;
+                }
+                if k < b.len() && b[k] == b':' {
+                    let o = out.get_or_insert_with(|| String::with_capacity(text.len() + 64));
+                    o.push_str(&text[last_copied..start]);
+                    o.push_str(&serde_json::to_string(&text[start..end]).expect("string serializes"));
+                    last_copied = end;
+                    i = end;
+                    continue;
                 }
             }
         }

@@ -178,6 +178,22 @@ fn bodies_read_fastjson_quirks() {
     assert_eq!(r.queue_datas[0].write_queue_nums, 4);
 }
 
+#[test]
+fn batch_bodies_round_trip_and_bad_lengths_are_refused() {
+    use keel_core::protocol::message::{decode_batch, encode_batch};
+    let msgs = vec![(0, &b"first"[..], "TAGS\u{1}A\u{2}".to_string()), (7, &b""[..], String::new())];
+    let body = bytes::Bytes::from(encode_batch(&msgs));
+    let back = decode_batch(&body).unwrap();
+    assert_eq!(back.len(), 2);
+    assert_eq!((back[0].0, &back[0].1[..], back[0].2.as_str()), (0, &b"first"[..], "TAGS\u{1}A\u{2}"));
+    assert_eq!((back[1].0, back[1].1.len(), back[1].2.as_str()), (7, 0, ""));
+    let first_len = 20 + 5 + 2 + msgs[0].2.len();
+    assert_eq!(decode_batch(&body.slice(..first_len)).unwrap().len(), 1, "a whole first message alone is a batch");
+    for cut in (1..body.len()).filter(|c| *c != first_len) {
+        assert!(decode_batch(&body.slice(..cut)).is_err(), "a batch cut at byte {cut} is refused");
+    }
+}
+
 /// Answers code 1 with an empty body; everything else is REQUEST_CODE_NOT_SUPPORTED.
 struct Echo;
 

@@ -11,6 +11,7 @@ use crate::protocol::code::response;
 use crate::protocol::{HeaderError, RemotingCommand};
 use crate::remoting::Connection;
 use crate::store::meta::{SubscriptionGroupConfig, TopicConfig};
+use crate::store::MessageStore;
 use bytes::BytesMut;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -181,22 +182,16 @@ impl Broker {
         Ok((req.req("topic")?, req.req("queueId")?))
     }
 
-    pub(super) fn max_offset(&self, req: &RemotingCommand) -> RemotingCommand {
+    /// GET_MAX_OFFSET / GET_MIN_OFFSET: `offset` of a queue, as `of` reads it from the store.
+    pub(super) fn queue_offset(
+        &self,
+        req: &RemotingCommand,
+        of: fn(&MessageStore, &str, i32) -> u64,
+    ) -> RemotingCommand {
         match Self::topic_queue(req) {
             Ok((t, q)) => {
                 let mut r = req.response(response::SUCCESS, None);
-                r.set("offset", self.store.max_offset(&t, q));
-                r
-            }
-            Err(e) => header_error(req, e),
-        }
-    }
-
-    pub(super) fn min_offset(&self, req: &RemotingCommand) -> RemotingCommand {
-        match Self::topic_queue(req) {
-            Ok((t, q)) => {
-                let mut r = req.response(response::SUCCESS, None);
-                r.set("offset", self.store.min_offset(&t, q));
+                r.set("offset", of(&self.store, &t, q));
                 r
             }
             Err(e) => header_error(req, e),

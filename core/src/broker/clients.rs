@@ -124,9 +124,4 @@ impl ClientManager {
     pub fn subscription(&self, group: &str, topic: &str) -> Option<SubscriptionData> {
         self.consumers.lock().unwrap().get(group).and_then(|g| g.subscriptions.get(topic).cloned())
     }
-
-    /// Consumer groups online, sorted.
-    pub fn consumer_groups(&self) -> Vec<String> {
-        self.consumers.lock().unwrap().keys().cloned().collect()
-    }
 }

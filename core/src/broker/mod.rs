@@ -42,7 +42,7 @@ pub struct PullHold {
 
 impl PullHold {
     fn notify(&self, topic: &str, queue_id: i32) {
-        // Lookups by (&str, i32) without allocating: the map is small and only read here.
+        // Nothing parked anywhere (the common case under load): no key is built.
         let q = self.queues.lock().unwrap();
         if q.is_empty() {
             return;
@@ -120,10 +120,6 @@ impl Broker {
 
     pub fn namesrv_addrs(&self) -> Vec<String> {
         self.namesrv_addrs.lock().unwrap().clone()
-    }
-
-    pub fn set_namesrv_addrs(&self, addrs: &str) {
-        *self.namesrv_addrs.lock().unwrap() = split_addrs(addrs);
     }
 
     /// Registers with every name server at once; logs (does not fail on) the ones that do
@@ -222,8 +218,8 @@ impl Broker {
             request::UPDATE_CONSUMER_OFFSET => self.update_consumer_offset(&req),
             request::UPDATE_AND_CREATE_TOPIC => self.update_topic(&req),
             request::GET_ALL_TOPIC_CONFIG => self.all_topic_config(&req),
-            request::GET_MAX_OFFSET => self.max_offset(&req),
-            request::GET_MIN_OFFSET => self.min_offset(&req),
+            request::GET_MAX_OFFSET => self.queue_offset(&req, MessageStore::max_offset),
+            request::GET_MIN_OFFSET => self.queue_offset(&req, MessageStore::min_offset),
             request::SEARCH_OFFSET_BY_TIMESTAMP => self.search_offset(&req).await,
             request::GET_EARLIEST_MSG_STORETIME => self.earliest_store_time(&req).await,
             request::VIEW_MESSAGE_BY_ID => self.view_message(&req).await,

@@ -22,13 +22,12 @@ fn service_not_available(req: &RemotingCommand, why: &str) -> RemotingCommand {
 }
 
 impl Broker {
-    /// RocketMQ's `msgCheck`: broker permission, topic name, topic existence (creating it
-    /// from `defaultTopic` when allowed), queue id. Returns the topic config and queue id.
-    fn check_send(
-        self: &Arc<Self>,
-        req: &RemotingCommand,
-        h: &SendMessageHeader,
-    ) -> Result<(TopicConfig, i32), RemotingCommand> {
+    /// Decodes the send header, then RocketMQ's `msgCheck`: broker permission, topic name,
+    /// topic existence (creating it from `defaultTopic` when allowed), queue id. Returns the
+    /// header and the queue id to store in.
+    fn check_send(self: &Arc<Self>, req: &RemotingCommand) -> Result<(SendMessageHeader, i32), RemotingCommand> {
+        let header = SendMessageHeader::decode(req).map_err(|e| req.error(response::SYSTEM_ERROR, e.to_string()))?;
+        let h = &header;
         if self.is_slave() {
             return Err(service_not_available(req, "messages are not accepted by a SLAVE broker"));
         }
@@ -78,7 +77,7 @@ impl Broker {
                 ),
             ));
         }
-        Ok((tc, queue_id))
+        Ok((header, queue_id))
     }
 
     /// Creates an unknown topic from its `defaultTopic` (which must exist and be
@@ -148,11 +147,7 @@ impl Broker {
     }
 
     pub(super) async fn send_message(self: &Arc<Self>, conn: &Connection, req: &RemotingCommand) -> RemotingCommand {
-        let h = match SendMessageHeader::decode(req) {
-            Ok(h) => h,
-            Err(e) => return req.error(response::SYSTEM_ERROR, e.to_string()),
-        };
-        let (_, queue_id) = match self.check_send(req, &h) {
+        let (h, queue_id) = match self.check_send(req) {
             Ok(x) => x,
             Err(resp) => return resp,
         };
@@ -182,11 +177,7 @@ impl Broker {
     }
 
     pub(super) async fn send_batch(self: &Arc<Self>, conn: &Connection, req: &RemotingCommand) -> RemotingCommand {
-        let h = match SendMessageHeader::decode(req) {
-            Ok(h) => h,
-            Err(e) => return req.error(response::SYSTEM_ERROR, e.to_string()),
-        };
-        let (_, queue_id) = match self.check_send(req, &h) {
+        let (h, queue_id) = match self.check_send(req) {
             Ok(x) => x,
             Err(resp) => return resp,
         };

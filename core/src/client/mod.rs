@@ -160,10 +160,6 @@ impl Instance {
         self.routes.lock().unwrap().get(topic).cloned()
     }
 
-    pub fn cached_topics(&self) -> Vec<String> {
-        self.routes.lock().unwrap().keys().cloned().collect()
-    }
-
     /// broker name → id → address, from every cached route.
     pub fn broker_table(&self) -> BTreeMap<String, BTreeMap<u64, String>> {
         let mut t: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();

@@ -14,8 +14,6 @@ pub const PROPERTY_CLUSTER: &str = "CLUSTER";
 pub const PROPERTY_RETRY_TOPIC: &str = "RETRY_TOPIC";
 pub const PROPERTY_ORIGIN_MESSAGE_ID: &str = "ORIGIN_MESSAGE_ID";
 pub const PROPERTY_DELAY: &str = "DELAY";
-pub const PROPERTY_RECONSUME_TIME: &str = "RECONSUME_TIME";
-pub const PROPERTY_MAX_RECONSUME_TIMES: &str = "MAX_RECONSUME_TIMES";
 
 /// `name\x01value\x02` pairs of a properties string.
 pub fn property_pairs(props: &str) -> impl Iterator<Item = (&str, &str)> {
