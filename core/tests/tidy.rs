@@ -57,3 +57,24 @@ fn the_tidy_check_catches_a_banned_call() {
     let line = "    let t = std::time::SystemTime::now();";
     assert!(BANNED.iter().any(|(b, _)| line.contains(b)));
 }
+
+/// tokio's `select!` picks among ready branches with a thread-local RNG that madsim does not
+/// seed, so an unbiased select makes simulation runs diverge; every one in core is `biased;`.
+#[test]
+fn every_select_in_core_is_biased() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    let mut violations = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (n, line) in lines.iter().enumerate() {
+            if line.contains("select! {") && lines.get(n + 1).is_none_or(|l| l.trim() != "biased;") {
+                violations.push(format!("{}:{}", file.display(), n + 1));
+            }
+        }
+    }
+    assert!(violations.is_empty(), "select! without `biased;` (non-deterministic under madsim):\n{}", violations.join("\n"));
+}

@@ -38,6 +38,8 @@ pub struct PullHold {
     queues: Mutex<HashMap<(String, i32), Arc<Notify>>>,
     shutdown: Notify,
     stopping: AtomicBool,
+    /// (group, topic, queue) pulled since boot: see `Broker::past_recovered_end`.
+    pulled: Mutex<std::collections::BTreeSet<(String, String, i32)>>,
 }
 
 impl PullHold {

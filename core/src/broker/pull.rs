@@ -107,7 +107,21 @@ impl Broker {
         };
         let deadline = crate::rt::instant() + wait;
         let filter = |code: i64| sub.matches_code(code);
-        let mut woken = false;
+        if let Some(end) = self.past_recovered_end(&h) {
+            tracing::warn!(group = %h.consumer_group, topic = %h.topic, queue = h.queue_id, from = h.queue_offset, to = end,
+                "pull past the end this queue recovered to after a crash; moving the consumer back");
+            let mut resp = req.response(response::PULL_OFFSET_MOVED, Some("OFFSET_OVERFLOW_BADLY".into()));
+            resp.set("suggestWhichBrokerId", 0);
+            resp.set("nextBeginOffset", end);
+            resp.set("minOffset", self.store.min_offset(&h.topic, h.queue_id));
+            resp.set("maxOffset", self.store.max_offset(&h.topic, h.queue_id));
+            return resp;
+        }
+        // The offset the consumer commits with this pull is stored on arrival, as RocketMQ's
+        // first pass does (a pull that then waits still committed it).
+        if h.sys_flag & pull_flag::COMMIT_OFFSET != 0 && !self.is_slave() && h.commit_offset >= 0 {
+            self.offsets.commit(&h.consumer_group, &h.topic, h.queue_id, h.commit_offset);
+        }
         let got = loop {
             // Register before reading, so an arrival between the read and the wait wakes us.
             let notifier = self.hold.notifier(&h.topic, h.queue_id);
@@ -130,15 +144,25 @@ impl Broker {
             }
             let shutdown = self.hold.shutdown.notified();
             crate::rt::select! {
-                _ = notified => woken = true,
+                biased;
+                _ = notified => {}
                 _ = shutdown => {}
                 _ = crate::rt::time::sleep_until(deadline) => {}
             }
         };
-        if h.sys_flag & pull_flag::COMMIT_OFFSET != 0 && !self.is_slave() && !woken && h.commit_offset >= 0 {
-            self.offsets.commit(&h.consumer_group, &h.topic, h.queue_id, h.commit_offset);
-        }
         self.pull_response(req, &h, got)
+    }
+
+    /// After a crash recovery, offsets past a queue's recovered end may have been given to
+    /// messages lost with an unsynced tail, and are now given to new ones. A consumer that
+    /// read the lost ones holds an offset past the end and would skip the new ones, so the
+    /// first pull of each group on each queue since boot that lies past the recovered end is
+    /// answered OFFSET_MOVED back to it (RocketMQ's own answer to a pull past the end).
+    /// Returns where to move.
+    fn past_recovered_end(&self, h: &PullMessageHeader) -> Option<u64> {
+        let end = self.store.recovered_end(&h.topic, h.queue_id)?;
+        let first = self.hold.pulled.lock().unwrap().insert((h.consumer_group.clone(), h.topic.clone(), h.queue_id));
+        (first && h.queue_offset > end as i64).then_some(end)
     }
 
     fn pull_response(&self, req: &RemotingCommand, h: &PullMessageHeader, got: GetResult) -> RemotingCommand {

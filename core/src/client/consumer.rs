@@ -63,6 +63,10 @@ pub enum ConsumeResult {
 /// Gets each pulled batch (after tag filtering), in queue order.
 pub type Listener = Arc<dyn Fn(&[MessageExt], &MessageQueue) -> ConsumeResult + Send + Sync>;
 
+/// Told each offset the consumer commits to a broker (after the broker took it: an answered
+/// UPDATE_CONSUMER_OFFSET, a oneway one that left, or a pull that carried it).
+pub type CommitHook = Arc<dyn Fn(&MessageQueue, i64) + Send + Sync>;
+
 pub struct PushConsumerBuilder {
     group: String,
     cfg: ClientConfig,
@@ -72,6 +76,7 @@ pub struct PushConsumerBuilder {
     pull_batch_size: i32,
     suspend: Duration,
     rebalance_interval: Duration,
+    on_commit: Option<CommitHook>,
 }
 
 impl PushConsumerBuilder {
@@ -93,6 +98,10 @@ impl PushConsumerBuilder {
     }
     pub fn rebalance_interval(mut self, d: Duration) -> Self {
         self.rebalance_interval = d;
+        self
+    }
+    pub fn on_commit(mut self, hook: CommitHook) -> Self {
+        self.on_commit = Some(hook);
         self
     }
 
@@ -119,6 +128,7 @@ impl PushConsumerBuilder {
             rebalance_now: Notify::new(),
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
+            on_commit: self.on_commit,
         });
         let weak = Arc::downgrade(&c);
         c.instance.remoting.set_request_handler(Arc::new(move |_addr, req| {
@@ -140,6 +150,7 @@ impl PushConsumerBuilder {
             loop {
                 let Some(c) = w.upgrade() else { return };
                 crate::rt::select! {
+                    biased;
                     _ = c.rebalance_now.notified() => {}
                     _ = crate::rt::time::sleep(every) => {}
                 }
@@ -201,6 +212,7 @@ pub struct PushConsumer {
     rebalance_now: Notify,
     closed: AtomicBool,
     tasks: Mutex<Vec<crate::rt::task::JoinHandle<()>>>,
+    on_commit: Option<CommitHook>,
 }
 
 impl PushConsumer {
@@ -214,6 +226,7 @@ impl PushConsumer {
             pull_batch_size: 32,
             suspend: Duration::from_secs(15),
             rebalance_interval: Duration::from_secs(20),
+            on_commit: None,
         }
     }
 
@@ -442,6 +455,13 @@ impl PushConsumer {
         };
         if ok {
             st.committed.store(offset, Ordering::Release);
+            self.committed(mq, offset);
+        }
+    }
+
+    fn committed(&self, mq: &MessageQueue, offset: i64) {
+        if let Some(hook) = &self.on_commit {
+            hook(mq, offset);
         }
     }
 
@@ -547,6 +567,7 @@ async fn pull_loop(c: Arc<PushConsumer>, mq: MessageQueue, st: Arc<QueueState>) 
         let st = st.clone();
         async move {
             crate::rt::select! {
+                biased;
                 _ = st.stop.notified() => true,
                 _ = crate::rt::time::sleep(d) => st.stopped.load(Ordering::Acquire),
             }
@@ -580,11 +601,13 @@ async fn pull_loop(c: Arc<PushConsumer>, mq: MessageQueue, st: Arc<QueueState>) 
         };
         let cmd = RemotingCommand::request(request::PULL_MESSAGE, h.encode());
         let resp = crate::rt::select! {
+            biased;
             _ = st.stop.notified() => return,
             r = c.instance.remoting.invoke(&addr, cmd, c.suspend + Duration::from_secs(15)) => r,
         };
-        if flag & pull_flag::COMMIT_OFFSET != 0 {
+        if flag & pull_flag::COMMIT_OFFSET != 0 && resp.is_ok() {
             st.committed.fetch_max(offset, Ordering::AcqRel);
+            c.committed(&mq, offset);
         }
         let r = match resp {
             Ok(r) => r,

@@ -11,7 +11,7 @@ mod producer;
 
 pub use admin::Admin;
 pub use consumer::{
-    allocate_averagely, ConsumeFromWhere, ConsumeResult, Listener, MessageModel, PushConsumer, PushConsumerBuilder,
+    allocate_averagely, ConsumeFromWhere, ConsumeResult, Listener, MessageModel, PushConsumer, PushConsumerBuilder, CommitHook,
 };
 pub use producer::{Message, Producer, SendResult, SendStatus};
 

@@ -5,7 +5,7 @@ use crate::protocol::{next_frame, RemotingCommand, DEFAULT_MAX_FRAME};
 use crate::rt::net::{AsyncReadExt, AsyncWriteExt, TcpStream};
 use crate::rt::sync::{mpsc, oneshot, Notify};
 use bytes::BytesMut;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +16,7 @@ pub type RequestHandler = Arc<dyn Fn(&str, RemotingCommand) -> Option<RemotingCo
 
 struct Conn {
     tx: mpsc::UnboundedSender<RemotingCommand>,
-    pending: Mutex<HashMap<i32, oneshot::Sender<RemotingCommand>>>,
+    pending: Mutex<BTreeMap<i32, oneshot::Sender<RemotingCommand>>>,
     closed: AtomicBool,
     close: Notify,
 }
@@ -128,7 +128,7 @@ impl RemotingClient {
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = Arc::new(Conn {
             tx,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(BTreeMap::new()),
             closed: AtomicBool::new(false),
             close: Notify::new(),
         });

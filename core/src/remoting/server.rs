@@ -40,16 +40,17 @@ pub struct Connection {
     pub peer: SocketAddr,
     tx: mpsc::UnboundedSender<RemotingCommand>,
     closed: Arc<AtomicBool>,
+    /// Opaques of server-initiated requests, per connection (no process-wide state: under
+    /// madsim every node shares statics).
+    next_opaque: Arc<AtomicI32>,
 }
-
-static NEXT_OPAQUE: AtomicI32 = AtomicI32::new(0);
 
 impl Connection {
     /// Sends a server-initiated oneway request (NOTIFY_CONSUMER_IDS_CHANGED). False when the
     /// connection is gone.
     pub fn send_oneway(&self, mut cmd: RemotingCommand) -> bool {
         cmd.flag |= crate::protocol::FLAG_ONEWAY;
-        cmd.opaque = NEXT_OPAQUE.fetch_add(1, Ordering::Relaxed);
+        cmd.opaque = self.next_opaque.fetch_add(1, Ordering::Relaxed);
         !self.is_closed() && self.tx.send(cmd).is_ok()
     }
 
@@ -132,6 +133,7 @@ async fn accept_loop<P: Processor>(
 ) {
     loop {
         let accepted = crate::rt::select! {
+            biased;
             r = listener.accept() => r,
             _ = stop.changed() => return,
         };
@@ -165,7 +167,7 @@ async fn serve_connection<P: Processor>(
     mut stop: watch::Receiver<u8>,
 ) {
     let (tx, mut out_rx) = mpsc::unbounded_channel();
-    let conn = Connection { id, peer, tx, closed: Arc::new(AtomicBool::new(false)) };
+    let conn = Connection { id, peer, tx, closed: Arc::new(AtomicBool::new(false)), next_opaque: Arc::new(AtomicI32::new(0)) };
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
     let mut wbuf = BytesMut::with_capacity(64 * 1024);
     let mut inflight: FuturesUnordered<BoxFuture<Option<RemotingCommand>>> = FuturesUnordered::new();

@@ -151,6 +151,9 @@ pub(crate) struct Inner {
     tasks: std::sync::Mutex<Vec<crate::rt::task::JoinHandle<()>>>,
     /// Told of every new consume-queue entry (long polling wakes on it).
     arrival: std::sync::OnceLock<ArrivalListener>,
+    /// After a recovery that was not clean: each queue's end as recovered. Offsets past it
+    /// may have been handed out before the crash and lost with an unsynced tail.
+    recovered_ends: std::sync::OnceLock<BTreeMap<(String, i32), u64>>,
 }
 
 /// Called with (topic, queue id, new max offset) after each consume-queue entry is written.
@@ -550,6 +553,13 @@ impl MessageStore {
             }
         }
         Ok(out)
+    }
+
+    /// After a recovery that was not clean, the queue's end as recovered (offsets past it may
+    /// have been given to messages lost with an unsynced tail, and are being given again).
+    pub fn recovered_end(&self, topic: &str, queue_id: i32) -> Option<u64> {
+        let ends = self.inner.recovered_ends.get()?;
+        Some(ends.get(&(topic.to_string(), queue_id)).copied().unwrap_or(0))
     }
 
     pub fn max_offset(&self, topic: &str, queue_id: i32) -> u64 {

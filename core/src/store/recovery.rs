@@ -61,6 +61,7 @@ pub(super) async fn open(cfg: StoreConfig, disk: Disk) -> Result<MessageStore, S
             checkpoint_lock: Mutex::new(()),
             tasks: std::sync::Mutex::new(Vec::new()),
             arrival: std::sync::OnceLock::new(),
+            recovered_ends: std::sync::OnceLock::new(),
         }),
     };
     store.recover(crashed, ckpt).await?;
@@ -89,6 +90,10 @@ impl MessageStore {
         let cl = &inner.commitlog;
         let bases = cl.segment_bases();
         let Some(&first) = bases.first() else {
+            if crashed {
+                // Nothing survived: every queue starts again from 0.
+                let _ = inner.recovered_ends.set(BTreeMap::new());
+            }
             return self.recover_empty().await;
         };
         let last_end = bases.last().unwrap() + cl.segment_size();
@@ -130,6 +135,10 @@ impl MessageStore {
         inner.flushed_tx.send_replace(end);
         inner.dispatched.store(end, Ordering::Release);
         self.rebuild_offset_table().await;
+        if !clean {
+            let ends = inner.queues.read().unwrap().all().iter().map(|q| ((q.topic.clone(), q.queue_id), q.max_offset())).collect();
+            let _ = inner.recovered_ends.set(ends);
+        }
         self.checkpoint().await?;
         tracing::info!(min = cl.min_offset(), max = end, "store recovered");
         Ok(())

@@ -58,11 +58,13 @@ impl MessageStore {
             if sync {
                 // Woken by each waiting put (a Notify permit is never lost), so no polling.
                 crate::rt::select! {
+                    biased;
                     _ = inner.flush_wakeup.notified() => {}
                     _ = shutdown.changed() => break,
                 }
             } else {
                 crate::rt::select! {
+                    biased;
                     _ = sleep(interval) => {}
                     _ = shutdown.changed() => break,
                 }
@@ -105,6 +107,7 @@ impl MessageStore {
         let interval = Duration::from_millis(self.inner.cfg.flush_interval_consume_queue_ms.max(1));
         while !self.stopping() {
             crate::rt::select! {
+                biased;
                 _ = sleep(interval) => {}
                 _ = shutdown.changed() => break,
             }
@@ -142,6 +145,7 @@ impl MessageStore {
         let interval = Duration::from_millis(self.inner.cfg.clean_resource_interval_ms.max(1));
         while !self.stopping() {
             crate::rt::select! {
+                biased;
                 _ = sleep(interval) => {}
                 _ = shutdown.changed() => break,
             }

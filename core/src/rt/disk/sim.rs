@@ -121,6 +121,14 @@ impl SimDisk {
         self.state.lock().unwrap().faults.push(fault);
     }
 
+    /// Removes one fault added before (the others stay).
+    pub fn remove_fault(&self, fault: SimFault) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(i) = st.faults.iter().position(|f| *f == fault) {
+            st.faults.remove(i);
+        }
+    }
+
     pub fn clear_faults(&self) {
         self.state.lock().unwrap().faults.clear();
     }
@@ -172,6 +180,36 @@ impl SimDisk {
                 }
             }
         }
+    }
+
+    /// Every file with the number of bytes written to it, in path order (for a harness that
+    /// picks where to flip bits or asks what a power loss would keep).
+    pub fn files(&self) -> Vec<(PathBuf, usize)> {
+        let st = self.state.lock().unwrap();
+        st.files.iter().map(|(p, f)| (p.clone(), f.lock().unwrap().written.len())).collect()
+    }
+
+    /// The written bytes of `range` in a file (zeros past its end); `None` for no such file.
+    pub fn peek(&self, path: &Path, range: std::ops::Range<usize>) -> Option<Vec<u8>> {
+        let st = self.state.lock().unwrap();
+        let f = st.files.get(path)?.lock().unwrap();
+        let mut out = vec![0u8; range.len()];
+        let end = range.end.min(f.written.len());
+        if range.start < end {
+            out[..end - range.start].copy_from_slice(&f.written[range.start..end]);
+        }
+        Some(out)
+    }
+
+    /// Whether `range` of a file would survive a power loss now: it was synced and not
+    /// written since.
+    pub fn is_durable(&self, path: &Path, range: std::ops::Range<usize>) -> bool {
+        let st = self.state.lock().unwrap();
+        let Some(f) = st.files.get(path) else { return false };
+        let f = f.lock().unwrap();
+        range.end <= f.durable.len()
+            && range.end <= f.written.len()
+            && f.durable[range.clone()] == f.written[range]
     }
 
     /// Applies the active faults to one call: waits out stalls and slowness, then fails it if
