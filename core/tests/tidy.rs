@@ -76,5 +76,9 @@ fn every_select_in_core_is_biased() {
             }
         }
     }
-    assert!(violations.is_empty(), "select! without `biased;` (non-deterministic under madsim):\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "select! without `biased;` (non-deterministic under madsim):\n{}",
+        violations.join("\n")
+    );
 }

@@ -7,8 +7,8 @@ use crate::checker::{check, Event, History, Report};
 use crate::scenario::{FaultKind, Scenario};
 use keel_core::broker::BrokerController;
 use keel_core::client::{
-    Admin, ClientConfig, ClientError, CommitHook, ConsumeFromWhere, ConsumeResult, Listener, Message, Producer, PushConsumer,
-    SendStatus,
+    Admin, ClientConfig, ClientError, CommitHook, ConsumeFromWhere, ConsumeResult, Listener, Message, Producer,
+    PushConsumer, SendStatus,
 };
 use keel_core::config::broker::BrokerConfig;
 use keel_core::namesrv::{NameServer, NamesrvConfig};
@@ -43,8 +43,8 @@ struct Shared {
     history: Mutex<History>,
     /// Last commit recorded per (consumer, broker, queue): only changes are logged.
     last_commit: Mutex<BTreeMap<(String, String, i32), i64>>,
-    /// Commitlog position of each acked message: id -> (brokerName, physical offset).
-    positions: Mutex<BTreeMap<String, (String, i64)>>,
+    /// Commitlog position of each acked message: id -> physical offset.
+    positions: Mutex<BTreeMap<String, i64>>,
     /// Brokers whose boot failed (restarted at heal).
     boot_failed: Mutex<BTreeSet<String>>,
     losses: Mutex<Vec<PowerLoss>>,
@@ -77,13 +77,16 @@ impl Shared {
         let mut marks = Vec::new();
         for r in &h.records {
             let Event::Ok { id, status, broker, .. } = &r.event else { continue };
-            let Some((_, phys)) = positions.get(id) else { continue };
+            let Some(phys) = positions.get(id) else { continue };
             let sent = invoked.get(id).copied().unwrap_or(0);
             for l in losses.iter().filter(|l| &l.broker == broker && status == "SEND_OK") {
                 let same_incarnation = sent < l.at_ms && l.restart_ms.is_none_or(|t| r.t_ms < t);
                 if same_incarnation && *phys as u64 >= l.lost_from {
                     let at = format!("{}.{:03}s", l.at_ms / 1000, l.at_ms % 1000);
-                    marks.push((id.clone(), format!("not synced at {}'s power loss at {at} (commitlog {phys})", l.node)));
+                    marks.push((
+                        id.clone(),
+                        format!("not synced at {}'s power loss at {at} (commitlog {phys})", l.node),
+                    ));
                 }
             }
         }
@@ -218,6 +221,16 @@ fn ip_of(role: Role, i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, net, i as u8 + 1))
 }
 
+/// A client node's config: its IP in the client id, its name as the instance (stable
+/// across restarts and seeds), its own simulated disk.
+fn client_config(namesrv: &str, ip: IpAddr, node: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new(namesrv);
+    cfg.client_ip = ip.to_string();
+    cfg.instance_name = Some(node.to_string());
+    cfg.disk = Disk::Sim(SimDisk::new());
+    cfg
+}
+
 fn is_timeout(e: &ClientError) -> bool {
     matches!(e, ClientError::Remoting(RemotingError::Timeout(..)))
 }
@@ -300,7 +313,13 @@ impl Cluster {
                     }
                 })
                 .build();
-            nodes.push(SimNode { name: b.name.clone(), role: Role::Broker, handle: h, disk: Some(disk), broker: Some(cfg) });
+            nodes.push(SimNode {
+                name: b.name.clone(),
+                role: Role::Broker,
+                handle: h,
+                disk: Some(disk),
+                broker: Some(cfg),
+            });
         }
 
         Cluster { sc, shared, nodes, busy: BTreeSet::new(), heal_at: Duration::ZERO }
@@ -325,10 +344,7 @@ impl Cluster {
                 .init(move || {
                     let (sh, n, ns, w, next) = (sh.clone(), n.clone(), ns.clone(), w.clone(), next.clone());
                     async move {
-                        let mut cfg = ClientConfig::new(&ns);
-                        cfg.client_ip = ip.to_string();
-                        cfg.instance_name = Some(n.clone());
-                        cfg.disk = Disk::Sim(SimDisk::new());
+                        let cfg = client_config(&ns, ip, &n);
                         let p = match Producer::start("sim_producer", cfg).await {
                             Ok(p) => p,
                             Err(e) => return sh.note(&n, format!("start failed: {e}")),
@@ -354,7 +370,7 @@ impl Cluster {
                                 let ev = match p.send(&msg).await {
                                     Ok(r) => {
                                         if let Some((_, phys)) = decode_offset_msg_id(&r.offset_msg_id) {
-                                            sh.positions.lock().unwrap().insert(id.clone(), (r.queue.broker_name.clone(), phys));
+                                            sh.positions.lock().unwrap().insert(id.clone(), phys);
                                         }
                                         let status = match r.status {
                                             SendStatus::SendOk => "SEND_OK",
@@ -393,10 +409,7 @@ impl Cluster {
                 .init(move || {
                     let (sh, n, ns, w) = (sh.clone(), n.clone(), ns.clone(), w.clone());
                     async move {
-                        let mut cfg = ClientConfig::new(&ns);
-                        cfg.client_ip = ip.to_string();
-                        cfg.instance_name = Some(n.clone());
-                        cfg.disk = Disk::Sim(SimDisk::new());
+                        let cfg = client_config(&ns, ip, &n);
                         let (s1, n1) = (sh.clone(), n.clone());
                         let listener: Listener = Arc::new(move |msgs, mq| {
                             for m in msgs {
@@ -422,7 +435,10 @@ impl Cluster {
                             }
                             let key = (n2.clone(), mq.broker_name.clone(), mq.queue_id);
                             if s2.last_commit.lock().unwrap().insert(key, offset) != Some(offset) {
-                                s2.push(&n2, Event::Commit { broker: mq.broker_name.clone(), queue: mq.queue_id, offset });
+                                s2.push(
+                                    &n2,
+                                    Event::Commit { broker: mq.broker_name.clone(), queue: mq.queue_id, offset },
+                                );
                             }
                         });
                         loop {
@@ -487,7 +503,10 @@ impl Cluster {
                         sleep(Duration::from_millis(200)).await;
                     }
                 }
-                sh.note("admin", format!("topic {} created with {} queues per broker", tc.topic_name, tc.write_queue_nums));
+                sh.note(
+                    "admin",
+                    format!("topic {} created with {} queues per broker", tc.topic_name, tc.write_queue_nums),
+                );
                 a.shutdown().await;
             })
             .await
@@ -568,7 +587,9 @@ impl Cluster {
             FaultKind::DiskStall | FaultKind::DiskSlow | FaultKind::DiskFull | FaultKind::DiskEio => {
                 let disk = self.node(&target).disk.clone().expect("disk faults target brokers");
                 let fault = match f.kind {
-                    FaultKind::DiskStall => SimFault::Stall(self.shared.start + f.duration.map_or(self.heal_at, |d| f.at + d)),
+                    FaultKind::DiskStall => {
+                        SimFault::Stall(self.shared.start + f.duration.map_or(self.heal_at, |d| f.at + d))
+                    }
                     FaultKind::DiskSlow => SimFault::Slow(f.latency),
                     FaultKind::DiskFull => SimFault::Full,
                     _ => SimFault::Eio,
@@ -639,7 +660,11 @@ impl Cluster {
                 restart_ms: None,
                 lost_from,
             });
-            let what = if lost_from == u64::MAX { "everything was synced".to_string() } else { format!("commitlog unsynced from {lost_from}") };
+            let what = if lost_from == u64::MAX {
+                "everything was synced".to_string()
+            } else {
+                format!("commitlog unsynced from {lost_from}")
+            };
             self.shared.note("nemesis", format!("{target}: {what}"));
         }
         let mut rng = keel_core::rt::rng();
@@ -653,7 +678,8 @@ impl Cluster {
             Undo::Restart(n) => {
                 self.busy.remove(&n);
                 let now = self.shared.now_ms();
-                for l in self.shared.losses.lock().unwrap().iter_mut().filter(|l| l.node == n && l.restart_ms.is_none()) {
+                for l in self.shared.losses.lock().unwrap().iter_mut().filter(|l| l.node == n && l.restart_ms.is_none())
+                {
                     l.restart_ms = Some(now);
                 }
                 self.shared.note("nemesis", format!("restart {n}"));
@@ -718,13 +744,14 @@ impl Cluster {
             };
             for _ in 0..n.count {
                 let kind = n.kinds[rng.gen_range(0..n.kinds.len())];
-                let pool: Vec<&String> =
-                    targets.iter().filter(|t| !kind.is_disk() || brokers.contains(t)).collect();
-                let target = (kind.needs_target() && !pool.is_empty()).then(|| pool[rng.gen_range(0..pool.len())].clone());
+                let pool: Vec<&String> = targets.iter().filter(|t| !kind.is_disk() || brokers.contains(t)).collect();
+                let target =
+                    (kind.needs_target() && !pool.is_empty()).then(|| pool[rng.gen_range(0..pool.len())].clone());
                 if kind.needs_target() && target.is_none() {
                     continue;
                 }
-                let at = Duration::from_millis(rng.gen_range(n.from.0.as_millis() as u64..n.until.0.as_millis() as u64));
+                let at =
+                    Duration::from_millis(rng.gen_range(n.from.0.as_millis() as u64..n.until.0.as_millis() as u64));
                 let d = rng.gen_range(n.min_duration.0.as_millis() as u64..=n.max_duration.0.as_millis() as u64);
                 plan.push(Planned {
                     at,

@@ -20,7 +20,8 @@ pub fn workspace_root() -> PathBuf {
 
 /// Where delivery logs go: `target/sim-logs/<scenario>-seed<N>.log`.
 pub fn log_path(scenario: &str, seed: u64) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
     let target = if target.is_relative() { workspace_root().join(target) } else { target };
     target.join("sim-logs").join(format!("{scenario}-seed{seed}.log"))
 }
@@ -81,13 +82,11 @@ pub mod run {
     /// (std's hash keys, which madsim seeds on first use) must not carry over from an
     /// earlier run, or the same seed could take another path.
     pub fn run_seed(sc: &Scenario, seed: u64) -> Outcome {
-        let sc = sc.clone();
-        std::thread::spawn(move || runtime(&sc, seed).block_on(harness::run(sc)))
-            .join()
-            .unwrap_or_else(|e| {
-                eprintln!("the run panicked; replay: {}", replay_command("<scenario>", seed));
-                std::panic::resume_unwind(e)
-            })
+        let (sc, name) = (sc.clone(), sc.name.clone());
+        std::thread::spawn(move || runtime(&sc, seed).block_on(harness::run(sc))).join().unwrap_or_else(|e| {
+            eprintln!("the run panicked; replay: {}", replay_command(&name, seed));
+            std::panic::resume_unwind(e)
+        })
     }
 
     static CURRENT: Mutex<Option<Scenario>> = Mutex::new(None);

@@ -100,7 +100,10 @@ impl Bound {
         } else {
             (Bound::AtMost, s)
         };
-        rest.trim().parse().map(ctor).map_err(|_| format!("'{s}' is not a bound (5, \"<= 5\", \"== 0\", \">= 1\", \"any\")"))
+        rest.trim()
+            .parse()
+            .map(ctor)
+            .map_err(|_| format!("'{s}' is not a bound (5, \"<= 5\", \"== 0\", \">= 1\", \"any\")"))
     }
 }
 
@@ -450,7 +453,8 @@ impl Scenario {
     pub fn parse(text: &str, path: &Path, root: &Path) -> Result<Scenario, ScenarioError> {
         let file_name = path.display().to_string();
         // toml's message gives the line and column and quotes the offending line with its key.
-        let f: File = toml::from_str(text).map_err(|e| ScenarioError(format!("{file_name}: {}", e.to_string().trim_end())))?;
+        let f: File =
+            toml::from_str(text).map_err(|e| ScenarioError(format!("{file_name}: {}", e.to_string().trim_end())))?;
         let at = |span: std::ops::Range<usize>| format!("{file_name}: line {}", line_of(text, span.start));
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
 
@@ -464,13 +468,20 @@ impl Scenario {
                 .collect();
             files.sort();
             if files.is_empty() {
-                return Err(ScenarioError(format!("{file_name}: cluster.conf: no .properties files in {}", dir.display())));
+                return Err(ScenarioError(format!(
+                    "{file_name}: cluster.conf: no .properties files in {}",
+                    dir.display()
+                )));
             }
             for p in files {
                 let properties = std::fs::read_to_string(&p)
                     .map_err(|e| ScenarioError(format!("{file_name}: cluster.conf: {}: {e}", p.display())))?;
                 let name = p.file_stem().unwrap().to_string_lossy().into_owned();
-                brokers.push(BrokerNode { name, source: format!("{conf}/{}", p.file_name().unwrap().to_string_lossy()), properties });
+                brokers.push(BrokerNode {
+                    name,
+                    source: format!("{conf}/{}", p.file_name().unwrap().to_string_lossy()),
+                    properties,
+                });
             }
         }
         for b in &f.cluster.brokers {
@@ -481,10 +492,16 @@ impl Scenario {
             for (k, v) in &b.properties {
                 props.push_str(&format!("{k}={}\n", value_text(v)));
             }
-            brokers.push(BrokerNode { name: b.name.clone(), source: format!("{file_name} [[cluster.broker]] {}", b.name), properties: props });
+            brokers.push(BrokerNode {
+                name: b.name.clone(),
+                source: format!("{file_name} [[cluster.broker]] {}", b.name),
+                properties: props,
+            });
         }
         if brokers.is_empty() {
-            return Err(ScenarioError(format!("{file_name}: cluster: no brokers (set conf or add [[cluster.broker]])")));
+            return Err(ScenarioError(format!(
+                "{file_name}: cluster: no brokers (set conf or add [[cluster.broker]])"
+            )));
         }
         for b in &mut brokers {
             for (k, v) in &f.cluster.properties {
@@ -504,12 +521,18 @@ impl Scenario {
         nodes.extend((1..=f.workload.consumers).map(|i| format!("consumer-{i}")));
         let broker_names: Vec<&str> = brokers.iter().map(|b| b.name.as_str()).collect();
         let check_node = |s: &Spanned<String>, key: &str, broker_only: bool| -> Result<(), ScenarioError> {
-            let ok = if broker_only { broker_names.contains(&s.get_ref().as_str()) } else { nodes.contains(s.get_ref()) };
+            let ok =
+                if broker_only { broker_names.contains(&s.get_ref().as_str()) } else { nodes.contains(s.get_ref()) };
             if ok {
                 Ok(())
             } else {
                 let pool = if broker_only { broker_names.join(", ") } else { nodes.join(", ") };
-                Err(ScenarioError(format!("{}: {key} = \"{}\" is not a {} (known: {pool})", at(s.span()), s.get_ref(), if broker_only { "broker" } else { "node" })))
+                Err(ScenarioError(format!(
+                    "{}: {key} = \"{}\" is not a {} (known: {pool})",
+                    at(s.span()),
+                    s.get_ref(),
+                    if broker_only { "broker" } else { "node" }
+                )))
             }
         };
         for (i, fs) in f.faults.iter().enumerate() {
@@ -517,7 +540,13 @@ impl Scenario {
             match (&fs.target, fs.kind.needs_target()) {
                 (Some(t), true) => check_node(t, &format!("{key}.target"), fs.kind.is_disk())?,
                 (None, true) => return Err(ScenarioError(format!("{file_name}: {key}: target is required"))),
-                (Some(t), false) => return Err(ScenarioError(format!("{}: {key}.target: {} takes no target", at(t.span()), fs.kind.name()))),
+                (Some(t), false) => {
+                    return Err(ScenarioError(format!(
+                        "{}: {key}.target: {} takes no target",
+                        at(t.span()),
+                        fs.kind.name()
+                    )))
+                }
                 (None, false) => {}
             }
             match fs.kind {
@@ -527,7 +556,9 @@ impl Scenario {
                 },
                 FaultKind::Partition => {
                     if fs.groups.len() < 2 {
-                        return Err(ScenarioError(format!("{file_name}: {key}.groups: a partition needs at least two groups")));
+                        return Err(ScenarioError(format!(
+                            "{file_name}: {key}.groups: a partition needs at least two groups"
+                        )));
                     }
                     for g in &fs.groups {
                         for n in g {
@@ -554,7 +585,10 @@ impl Scenario {
                 )));
             }
             if let Some(k) = n.kinds.iter().find(|k| matches!(k, FaultKind::Partition | FaultKind::Clog)) {
-                return Err(ScenarioError(format!("{file_name}: nemesis.kinds: {} is not drawn by the nemesis (use isolate)", k.name())));
+                return Err(ScenarioError(format!(
+                    "{file_name}: nemesis.kinds: {} is not drawn by the nemesis (use isolate)",
+                    k.name()
+                )));
             }
         }
         let w = &f.workload;
@@ -637,7 +671,11 @@ recovered = "any"
 
     #[test]
     fn conf_directory_gives_one_broker_per_file() {
-        let s = parse(&OK.replace("[cluster]\n[[cluster.broker]]\nname = \"broker-a\"\nflush = \"SYNC_FLUSH\"", "[cluster]\nconf = \"conf/2m-noslave\"")).unwrap();
+        let s = parse(&OK.replace(
+            "[cluster]\n[[cluster.broker]]\nname = \"broker-a\"\nflush = \"SYNC_FLUSH\"",
+            "[cluster]\nconf = \"conf/2m-noslave\"",
+        ))
+        .unwrap();
         let names: Vec<&str> = s.brokers.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, ["broker-a", "broker-b"]);
     }
@@ -652,11 +690,22 @@ recovered = "any"
     #[test]
     fn bad_values_name_file_line_and_key() {
         let e = parse(&OK.replace("at = \"3s\"", "at = \"3x\"")).unwrap_err().0;
-        assert!(e.starts_with("scenarios/x.toml: TOML parse error at line 11") && e.contains("at = \"3x\"") && e.contains("no known unit"), "{e}");
+        assert!(
+            e.starts_with("scenarios/x.toml: TOML parse error at line 11")
+                && e.contains("at = \"3x\"")
+                && e.contains("no known unit"),
+            "{e}"
+        );
         let e = parse(&OK.replace("lost = 0", "lost = \"<= many\"")).unwrap_err().0;
         assert!(e.contains("line 16") && e.contains("lost = \"<= many\""), "{e}");
         let e = parse(&OK.replace("target = \"broker-a\"", "target = \"broker-z\"")).unwrap_err().0;
-        assert!(e.starts_with("scenarios/x.toml: line 13") && e.contains("fault[0] (crash).target") && e.contains("broker-z") && e.contains("broker-a"), "{e}");
+        assert!(
+            e.starts_with("scenarios/x.toml: line 13")
+                && e.contains("fault[0] (crash).target")
+                && e.contains("broker-z")
+                && e.contains("broker-a"),
+            "{e}"
+        );
         let e = parse(&OK.replace("flush = \"SYNC_FLUSH\"", "flush = \"SOMETIMES\"")).unwrap_err().0;
         assert!(e.contains("flushDiskType") && e.contains("SOMETIMES"), "{e}");
         let e = parse(&OK.replace("kind = \"crash\"", "kind = \"meteor\"")).unwrap_err().0;

@@ -36,8 +36,11 @@ mod under_madsim {
         let all = scenarios();
         assert!(!all.is_empty(), "no scenario matched");
         let determinism = std::env::var("MADSIM_TEST_CHECK_DETERMINISM").is_ok();
-        let jobs: Vec<(usize, u64)> =
-            all.iter().enumerate().flat_map(|(i, s)| sim::seeds(s.seeds).into_iter().map(move |seed| (i, seed))).collect();
+        let jobs: Vec<(usize, u64)> = all
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| sim::seeds(s.seeds).into_iter().map(move |seed| (i, seed)))
+            .collect();
         let next = AtomicUsize::new(0);
         let failures = Mutex::new(Vec::new());
         let snapshots = Mutex::new(Vec::new());

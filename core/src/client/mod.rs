@@ -11,7 +11,8 @@ mod producer;
 
 pub use admin::Admin;
 pub use consumer::{
-    allocate_averagely, ConsumeFromWhere, ConsumeResult, Listener, MessageModel, PushConsumer, PushConsumerBuilder, CommitHook,
+    allocate_averagely, CommitHook, ConsumeFromWhere, ConsumeResult, Listener, MessageModel, PushConsumer,
+    PushConsumerBuilder,
 };
 pub use producer::{Message, Producer, SendResult, SendStatus};
 

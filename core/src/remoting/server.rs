@@ -167,7 +167,8 @@ async fn serve_connection<P: Processor>(
     mut stop: watch::Receiver<u8>,
 ) {
     let (tx, mut out_rx) = mpsc::unbounded_channel();
-    let conn = Connection { id, peer, tx, closed: Arc::new(AtomicBool::new(false)), next_opaque: Arc::new(AtomicI32::new(0)) };
+    let conn =
+        Connection { id, peer, tx, closed: Arc::new(AtomicBool::new(false)), next_opaque: Arc::new(AtomicI32::new(0)) };
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
     let mut wbuf = BytesMut::with_capacity(64 * 1024);
     let mut inflight: FuturesUnordered<BoxFuture<Option<RemotingCommand>>> = FuturesUnordered::new();

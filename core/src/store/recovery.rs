@@ -136,7 +136,14 @@ impl MessageStore {
         inner.dispatched.store(end, Ordering::Release);
         self.rebuild_offset_table().await;
         if !clean {
-            let ends = inner.queues.read().unwrap().all().iter().map(|q| ((q.topic.clone(), q.queue_id), q.max_offset())).collect();
+            let ends = inner
+                .queues
+                .read()
+                .unwrap()
+                .all()
+                .iter()
+                .map(|q| ((q.topic.clone(), q.queue_id), q.max_offset()))
+                .collect();
             let _ = inner.recovered_ends.set(ends);
         }
         self.checkpoint().await?;

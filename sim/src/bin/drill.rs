@@ -32,8 +32,12 @@ fn main() {
     let mut bench: Option<u64> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--bench" => bench = args.next().and_then(|s| s.parse::<u64>().ok()).or_else(|| usage("--bench needs a seed count")),
-            "--seed" => seed = args.next().and_then(|s| s.parse::<u64>().ok()).or_else(|| usage("--seed needs a number")),
+            "--bench" => {
+                bench = args.next().and_then(|s| s.parse::<u64>().ok()).or_else(|| usage("--bench needs a seed count"))
+            }
+            "--seed" => {
+                seed = args.next().and_then(|s| s.parse::<u64>().ok()).or_else(|| usage("--seed needs a number"))
+            }
             "--determinism" => determinism = true,
             "-h" | "--help" => usage(""),
             _ if path.is_none() => path = Some(std::path::PathBuf::from(a)),
@@ -74,7 +78,13 @@ fn main() {
     let wall = std::time::Instant::now();
     let o = if determinism { sim::run::check_determinism(&sc, seed) } else { sim::run::run_seed(&sc, seed) };
     let wall = wall.elapsed();
-    println!("scenario {} — {}\nseed {seed}: {:.1} s simulated in {:.2} s wall\n", sc.name, sc.description, o.sim_ms as f64 / 1000.0, wall.as_secs_f64());
+    println!(
+        "scenario {} — {}\nseed {seed}: {:.1} s simulated in {:.2} s wall\n",
+        sc.name,
+        sc.description,
+        o.sim_ms as f64 / 1000.0,
+        wall.as_secs_f64()
+    );
     println!("{}", o.report.table(&sc.expect));
     match sim::run::judge(&sc, seed, &o) {
         Ok(p) => println!("passed; delivery log: {}", p.display()),

@@ -207,9 +207,7 @@ impl SimDisk {
         let st = self.state.lock().unwrap();
         let Some(f) = st.files.get(path) else { return false };
         let f = f.lock().unwrap();
-        range.end <= f.durable.len()
-            && range.end <= f.written.len()
-            && f.durable[range.clone()] == f.written[range]
+        range.end <= f.durable.len() && range.end <= f.written.len() && f.durable[range.clone()] == f.written[range]
     }
 
     /// Applies the active faults to one call: waits out stalls and slowness, then fails it if
