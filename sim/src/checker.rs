@@ -8,6 +8,8 @@
 //! - `lost`: SEND_OK, never delivered, and not explained by a power loss of unsynced bytes;
 //! - `lost_unsynced`: SEND_OK, never delivered, and its bytes were not durable when its
 //!   broker lost power (the loss the ASYNC_FLUSH mode allows), listed one by one;
+//! - `lost_corrupt`: SEND_OK, never delivered, and a bit flip hit its commitlog record (the
+//!   store never serves a record that fails its CRC), listed one by one;
 //! - `recovered`: an indeterminate send (failed, timed out, no answer, or a non-OK status)
 //!   that was delivered; `indeterminate`: one that was not;
 //! - `duplicated`: delivered more than once, split by cause: `duplicated_retry` (the
@@ -71,6 +73,9 @@ pub struct History {
     pub records: Vec<Record>,
     /// Acked messages whose bytes were not durable when their broker lost power, with why.
     pub unsynced: BTreeMap<String, String>,
+    /// Acked messages whose commitlog record was corrupted on the media (a bit flip), with
+    /// where: the store refuses to serve them, so they are lost, and reported apart.
+    pub corrupt: BTreeMap<String, String>,
     /// [start, end) of every fault, ms.
     pub fault_windows: Vec<(u64, u64)>,
     /// When the last fault healed, ms.
@@ -143,12 +148,13 @@ pub struct Report {
 /// unless the scenario bounds them. `unexpected` and `inconsistent` are always 0.
 const STRICT: [&str; 4] = ["lost", "order", "offsets_back", "late"];
 const ALWAYS_ZERO: [&str; 2] = ["unexpected", "inconsistent"];
-pub const ORDER: [&str; 17] = [
+pub const ORDER: [&str; 18] = [
     "sent",
     "acked",
     "delivered",
     "lost",
     "lost_unsynced",
+    "lost_corrupt",
     "recovered",
     "indeterminate",
     "duplicated",
@@ -183,6 +189,7 @@ impl Report {
         let set = match key {
             "lost" => expect.lost,
             "lost_unsynced" => expect.lost_unsynced,
+            "lost_corrupt" => expect.lost_corrupt,
             "recovered" => expect.recovered,
             "indeterminate" => expect.indeterminate,
             "duplicated" => expect.duplicated,
@@ -362,9 +369,10 @@ pub fn check(h: &History, liveness_ms: u64) -> Report {
             _ => format!("{id} (no answer)"),
         };
         match (send_ok, d.is_empty()) {
-            (true, true) => match h.unsynced.get(*id) {
-                Some(why) => r.add("lost_unsynced", || format!("{} {why}", describe())),
-                None => r.add("lost", describe),
+            (true, true) => match (h.unsynced.get(*id), h.corrupt.get(*id)) {
+                (Some(why), _) => r.add("lost_unsynced", || format!("{} {why}", describe())),
+                (None, Some(why)) => r.add("lost_corrupt", || format!("{} {why}", describe())),
+                (None, None) => r.add("lost", describe),
             },
             (false, false) => r.add("recovered", describe),
             (false, true) => r.add("indeterminate", describe),
@@ -458,6 +466,23 @@ mod tests {
         assert_eq!(r.get("offsets_back"), 1);
         let v = r.violations(&Expect::default());
         assert!(v.iter().any(|s| s.starts_with("lost = 1") && s.contains("m3")), "{v:?}");
+    }
+
+    #[test]
+    fn a_corrupted_record_is_lost_corrupt_not_lost() {
+        let mut h = History::default();
+        ok(&mut h, 10, "m1", 0, 0);
+        ok(&mut h, 20, "m2", 0, 1);
+        ok(&mut h, 30, "m3", 0, 2);
+        deliver(&mut h, 50, "consumer-1", "m1", 0, 0);
+        deliver(&mut h, 51, "consumer-1", "m3", 0, 2);
+        h.corrupt.insert("m2".into(), "bit flip".into());
+        let r = check(&h, 1000);
+        assert_eq!((r.get("lost"), r.get("lost_corrupt")), (0, 1));
+        assert!(r.violations(&Expect::default()).is_empty());
+        let expect = Expect { lost_corrupt: Some(Bound::Exactly(0)), ..Expect::default() };
+        let v = r.violations(&expect);
+        assert!(v.iter().any(|s| s.starts_with("lost_corrupt = 1") && s.contains("bit flip")), "{v:?}");
     }
 
     #[test]

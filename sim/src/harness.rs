@@ -48,6 +48,8 @@ struct Shared {
     /// Brokers whose boot failed (restarted at heal).
     boot_failed: Mutex<BTreeSet<String>>,
     losses: Mutex<Vec<PowerLoss>>,
+    /// Commitlog records hit by a bit flip: (broker name, node, physical offset, when).
+    corrupt: Mutex<Vec<(String, String, u64, u64)>>,
 }
 
 /// A broker's power loss: from which commitlog offset its bytes were gone.
@@ -91,6 +93,19 @@ impl Shared {
             }
         }
         h.unsynced.extend(marks);
+        let corrupt = self.corrupt.lock().unwrap();
+        let mut marks = Vec::new();
+        for r in &h.records {
+            let Event::Ok { id, status, broker, .. } = &r.event else { continue };
+            let Some(phys) = positions.get(id) else { continue };
+            for (b, node, at, t) in corrupt.iter() {
+                if b == broker && status == "SEND_OK" && *phys as u64 == *at {
+                    let t = format!("{}.{:03}s", t / 1000, t % 1000);
+                    marks.push((id.clone(), format!("its record on {node} was corrupted at {t} (commitlog {phys})")));
+                }
+            }
+        }
+        h.corrupt.extend(marks);
     }
 }
 
@@ -249,6 +264,7 @@ impl Cluster {
             positions: Mutex::new(BTreeMap::new()),
             boot_failed: Mutex::new(BTreeSet::new()),
             losses: Mutex::new(Vec::new()),
+            corrupt: Mutex::new(Vec::new()),
         });
         let mut nodes = Vec::new();
         let ns_list: Vec<String> =
@@ -603,8 +619,35 @@ impl Cluster {
                 let dir = cfg.store.commit_log_dir();
                 let newest = disk.files().into_iter().rfind(|(p, len)| p.starts_with(&dir) && *len > 0);
                 if let Some((path, len)) = newest {
+                    // Record starts first: a flip may hit a size field.
+                    let base: u64 = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).unwrap_or(0);
+                    let mut starts = Vec::new();
+                    let mut pos = 0usize;
+                    while pos + 4 <= len {
+                        let b = disk.peek(&path, pos..pos + 4).unwrap_or_default();
+                        let size = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                        if size <= 0 {
+                            break;
+                        }
+                        starts.push(pos);
+                        pos += size as usize;
+                    }
                     let mut rng = keel_core::rt::rng();
-                    disk.flip_bits(&path, len.saturating_sub(64 * 1024)..len, f.count.max(1) as usize, &mut rng);
+                    let count = f.count.max(1) as usize;
+                    let flipped = disk.flip_bits(&path, len.saturating_sub(64 * 1024)..len, count, &mut rng);
+                    let now = self.shared.now_ms();
+                    let mut hit = BTreeSet::new();
+                    for at in flipped {
+                        let i = starts.partition_point(|s| *s <= at);
+                        if i > 0 && at < pos {
+                            hit.insert(base + starts[i - 1] as u64);
+                        }
+                    }
+                    let list: Vec<String> = hit.iter().map(u64::to_string).collect();
+                    self.shared.note("nemesis", format!("{target}: bit flips in commitlog records {}", list.join(", ")));
+                    let broker = cfg.broker_name.clone();
+                    let mut corrupt = self.shared.corrupt.lock().unwrap();
+                    corrupt.extend(hit.into_iter().map(|p| (broker.clone(), target.clone(), p, now)));
                 }
                 Undo::Nothing
             }
@@ -780,7 +823,9 @@ impl Cluster {
         for r in &h.records {
             match &r.event {
                 Event::Invoke { .. } => invoked += 1,
-                Event::Ok { id, status, .. } if status == "SEND_OK" && !h.unsynced.contains_key(id) => {
+                Event::Ok { id, status, .. }
+                    if status == "SEND_OK" && !h.unsynced.contains_key(id) && !h.corrupt.contains_key(id) =>
+                {
                     open.insert(id);
                 }
                 Event::Deliver { id: Some(id), .. } => {

@@ -345,12 +345,15 @@ fn default_retries() -> u32 {
 }
 
 /// What the checker must find; a count without a bound here must be 0, except the
-/// informational ones (`recovered`, `indeterminate`, `lost_unsynced`, `duplicated`).
+/// informational ones (`recovered`, `indeterminate`, `lost_unsynced`, `lost_corrupt`,
+/// `duplicated`).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
     pub lost: Option<Bound>,
     pub lost_unsynced: Option<Bound>,
+    /// Acked messages whose record a bit flip corrupted (never served, so never delivered).
+    pub lost_corrupt: Option<Bound>,
     pub recovered: Option<Bound>,
     pub indeterminate: Option<Bound>,
     pub duplicated: Option<Bound>,

@@ -165,12 +165,13 @@ impl SimDisk {
     }
 
     /// Flips one random bit in each of `count` random bytes of `range` of a file, in both its
-    /// written and durable bytes (media corruption).
-    pub fn flip_bits(&self, path: &Path, range: std::ops::Range<usize>, count: usize, rng: &mut impl Rng) {
+    /// written and durable bytes (media corruption). Returns the positions flipped.
+    pub fn flip_bits(&self, path: &Path, range: std::ops::Range<usize>, count: usize, rng: &mut impl Rng) -> Vec<usize> {
         let st = self.state.lock().unwrap();
-        let Some(file) = st.files.get(path) else { return };
+        let Some(file) = st.files.get(path) else { return Vec::new() };
         let mut guard = file.lock().unwrap();
         let f = &mut *guard;
+        let mut flipped = Vec::with_capacity(count);
         for _ in 0..count {
             let at = rng.gen_range(range.clone());
             let bit = 1u8 << rng.gen_range(0..8);
@@ -179,7 +180,9 @@ impl SimDisk {
                     buf[at] ^= bit;
                 }
             }
+            flipped.push(at);
         }
+        flipped
     }
 
     /// Every file with the number of bytes written to it, in path order (for a harness that
