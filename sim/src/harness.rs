@@ -644,7 +644,8 @@ impl Cluster {
                         }
                     }
                     let list: Vec<String> = hit.iter().map(u64::to_string).collect();
-                    self.shared.note("nemesis", format!("{target}: bit flips in commitlog records {}", list.join(", ")));
+                    self.shared
+                        .note("nemesis", format!("{target}: bit flips in commitlog records {}", list.join(", ")));
                     let broker = cfg.broker_name.clone();
                     let mut corrupt = self.shared.corrupt.lock().unwrap();
                     corrupt.extend(hit.into_iter().map(|p| (broker.clone(), target.clone(), p, now)));

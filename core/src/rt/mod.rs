@@ -5,8 +5,16 @@
 
 pub mod disk;
 pub mod net;
+pub mod watch;
 
-pub use tokio::{select, spawn, sync, task, time};
+pub use tokio::{select, spawn, task, time};
+
+/// tokio's synchronisation primitives, except `watch`: ours wakes receivers in a fixed order
+/// (see [`watch`](self::sync::watch)).
+pub mod sync {
+    pub use super::watch;
+    pub use tokio::sync::*;
+}
 
 /// Wall-clock milliseconds since the Unix epoch. Virtual under madsim, which overrides
 /// `clock_gettime`; the only place in `core/` allowed to read the system clock.

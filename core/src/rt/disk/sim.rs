@@ -166,7 +166,13 @@ impl SimDisk {
 
     /// Flips one random bit in each of `count` random bytes of `range` of a file, in both its
     /// written and durable bytes (media corruption). Returns the positions flipped.
-    pub fn flip_bits(&self, path: &Path, range: std::ops::Range<usize>, count: usize, rng: &mut impl Rng) -> Vec<usize> {
+    pub fn flip_bits(
+        &self,
+        path: &Path,
+        range: std::ops::Range<usize>,
+        count: usize,
+        rng: &mut impl Rng,
+    ) -> Vec<usize> {
         let st = self.state.lock().unwrap();
         let Some(file) = st.files.get(path) else { return Vec::new() };
         let mut guard = file.lock().unwrap();
