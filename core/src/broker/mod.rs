@@ -10,6 +10,7 @@
 
 mod admin;
 pub mod clients;
+pub mod ha;
 mod pull;
 mod send;
 pub mod topics;
@@ -105,6 +106,7 @@ pub struct Broker {
     pub clients: ClientManager,
     pub hold: PullHold,
     pub stats: Stats,
+    pub ha: Arc<ha::Ha>,
     namesrv: RemotingClient,
     namesrv_addrs: Mutex<Vec<String>>,
     boot_ms: u64,
@@ -140,8 +142,7 @@ impl Broker {
             &self.addr,
             self.cfg.broker_id,
         );
-        let ha_port = self.cfg.listen_port.wrapping_add(1);
-        header.insert("haServerAddr".into(), format!("{}:{}", self.cfg.broker_ip1, ha_port));
+        header.insert("haServerAddr".into(), format!("{}:{}", self.cfg.broker_ip1, self.cfg.ha_port()));
         header.insert("compressed".into(), "false".into());
         header.insert("bodyCrc32".into(), ((crc32fast::hash(&body) & 0x7FFF_FFFF) as i64).to_string());
         let req = RemotingCommand::request(request::REGISTER_BROKER, header).with_body(body);
@@ -150,7 +151,12 @@ impl Broker {
             let client = self.namesrv.clone();
             async move {
                 match client.invoke(&addr, req, Duration::from_secs(6)).await {
-                    Ok(r) if r.code == response::SUCCESS => {}
+                    Ok(r) if r.code == response::SUCCESS => {
+                        // A slave learns where its master's HA listener is.
+                        if let Some(ha) = r.get("haServerAddr").filter(|a| !a.is_empty()) {
+                            self.ha.learn_master(ha);
+                        }
+                    }
                     Ok(r) => {
                         tracing::warn!(namesrv = %addr, code = r.code, remark = ?r.remark, "register broker refused")
                     }
@@ -281,6 +287,7 @@ impl BrokerController {
     /// Binds `brokerIP1:listenPort` (0 = any free port), opens the store and starts serving.
     pub async fn start(mut cfg: BrokerConfig, disk: Disk) -> Result<BrokerController, BrokerError> {
         let bind = cfg.broker_addr();
+        let any_port = cfg.listen_port == 0;
         let listener = TcpListener::bind(&bind).await.map_err(|e| BrokerError::Listen(bind.clone(), e))?;
         cfg.listen_port = listener.local_addr().map_err(|e| BrokerError::Listen(bind.clone(), e))?.port();
         cfg.finish().map_err(BrokerError::Config)?;
@@ -288,7 +295,23 @@ impl BrokerController {
         let topics = TopicManager::load(&disk, &cfg).await?;
         let groups = GroupManager::load(&disk, &cfg).await?;
         let offsets = OffsetManager::load(&disk, &cfg).await?;
+        let ha_listener = match cfg.broker_role {
+            BrokerRole::Slave => None,
+            _ => {
+                // listenPort 0 (tests): the HA listener takes any free port too.
+                if any_port && cfg.ha_listen_port == 0 {
+                    cfg.ha_listen_port = 0;
+                }
+                let port = if any_port && cfg.ha_listen_port == 0 { 0 } else { cfg.ha_port() };
+                let at = format!("{}:{port}", cfg.broker_ip1);
+                let l = TcpListener::bind(&at).await.map_err(|e| BrokerError::Listen(at.clone(), e))?;
+                cfg.ha_listen_port = l.local_addr().map_err(|e| BrokerError::Listen(at, e))?.port();
+                Some(l)
+            }
+        };
+        let ha = ha::Ha::open(&cfg, &store).await?;
         let broker = Arc::new(Broker {
+            ha: ha.clone(),
             addr: cfg.broker_addr(),
             namesrv_addrs: Mutex::new(split_addrs(cfg.namesrv_addr.as_deref().unwrap_or(""))),
             cfg,
@@ -307,6 +330,7 @@ impl BrokerController {
         broker.store.set_arrival_listener(Arc::new(move |topic, queue_id, _max| {
             if let Some(b) = weak.upgrade() {
                 b.hold.notify(topic, queue_id);
+                b.ha.wake();
             }
         }));
         if let Err(e) = broker.topics.persist(&disk).await {
@@ -322,7 +346,7 @@ impl BrokerController {
         )
         .map_err(|e| BrokerError::Listen(bind.clone(), e))?;
         broker.register_all().await;
-        let tasks = vec![
+        let mut tasks = vec![
             crate::rt::spawn(periodic(broker.clone(), broker.cfg.register_name_server_period_ms, |b| {
                 Box::pin(async move { b.register_all().await })
             })),
@@ -345,6 +369,10 @@ impl BrokerController {
                 Box::pin(async move { b.stats.sample(crate::rt::now_ms()) })
             })),
         ];
+        tasks.push(match ha_listener {
+            Some(l) => crate::rt::spawn(ha.clone().serve(l)),
+            None => crate::rt::spawn(ha.clone().follow()),
+        });
         tracing::info!(
             "The broker[{}, {}] boot success. serializeType=JSON and name server is {}",
             broker.cfg.broker_name,
@@ -363,6 +391,7 @@ impl BrokerController {
     pub async fn shutdown(self) -> Result<(), StoreError> {
         let b = &self.broker;
         b.shutting_down.store(true, Ordering::Release);
+        b.ha.shutdown();
         for t in &self.tasks {
             t.abort();
         }
@@ -382,6 +411,7 @@ impl BrokerController {
     /// Stops the broker the way a killed process does: no unregister, no flush, no
     /// checkpoint; connections drop and the store is abandoned as is.
     pub async fn crash(self) {
+        self.broker.ha.shutdown();
         for t in &self.tasks {
             t.abort();
         }

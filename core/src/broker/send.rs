@@ -172,8 +172,9 @@ impl Broker {
             reconsume_times: h.reconsume_times,
             prepared_tx_offset: 0,
         };
-        let result = self.store.put_opts(&msg, wait).await;
-        self.put_response(req, queue_id, result.map(|r| vec![r]))
+        let result = self.store.put_opts(&msg, wait).await.map(|r| vec![r]);
+        let result = self.replicate(result, wait).await;
+        self.put_response(req, queue_id, result)
     }
 
     pub(super) async fn send_batch(self: &Arc<Self>, conn: &Connection, req: &RemotingCommand) -> RemotingCommand {
@@ -215,7 +216,30 @@ impl Broker {
             });
         }
         let result = self.store.put_batch(&msgs, wait).await;
+        let result = self.replicate(result, wait).await;
         self.put_response(req, queue_id, result)
+    }
+
+    /// SYNC_MASTER: a stored put waits for a slave (RocketMQ's handleHA, after the flush);
+    /// the slave's answer replaces a PUT_OK.
+    async fn replicate(
+        &self,
+        result: Result<Vec<PutResult>, StoreError>,
+        wait: bool,
+    ) -> Result<Vec<PutResult>, StoreError> {
+        let mut results = result?;
+        if self.cfg.broker_role != crate::config::broker::BrokerRole::SyncMaster || !wait {
+            return Ok(results);
+        }
+        let Some(last) = results.last() else { return Ok(results) };
+        let end = last.phys_offset + last.size as u64;
+        let status = self.ha.wait_replicated(end).await;
+        if status != PutStatus::PutOk {
+            for r in results.iter_mut().filter(|r| r.status == PutStatus::PutOk) {
+                r.status = status;
+            }
+        }
+        Ok(results)
     }
 
     fn put_response(
@@ -231,6 +255,8 @@ impl Broker {
                 let code = match first.status {
                     PutStatus::PutOk => response::SUCCESS,
                     PutStatus::FlushDiskTimeout => response::FLUSH_DISK_TIMEOUT,
+                    PutStatus::FlushSlaveTimeout => response::FLUSH_SLAVE_TIMEOUT,
+                    PutStatus::SlaveNotAvailable => response::SLAVE_NOT_AVAILABLE,
                 };
                 let mut resp = req.response(code, None);
                 let ids: Vec<&str> = results.iter().map(|r| r.msg_id.as_str()).collect();

@@ -32,6 +32,17 @@ pub struct BrokerConfig {
     pub register_name_server_period_ms: u64,
     pub flush_consumer_offset_interval_ms: u64,
     pub client_channel_max_idle_time_ms: u64,
+    /// HA listener port (0 = listenPort + 1, RocketMQ's default).
+    pub ha_listen_port: u16,
+    /// A slave's master HA address; empty = learn it from the name server.
+    pub ha_master_address: Option<String>,
+    pub ha_send_heartbeat_interval_ms: u64,
+    pub ha_housekeeping_interval_ms: u64,
+    pub ha_transfer_batch_size: usize,
+    pub ha_slave_fallbehind_max: u64,
+    /// How long a SYNC_MASTER send waits for its slave before FLUSH_SLAVE_TIMEOUT.
+    pub slave_timeout_ms: u64,
+    pub slave_read_enable: bool,
     pub store: StoreConfig,
 }
 
@@ -54,6 +65,14 @@ impl Default for BrokerConfig {
             register_name_server_period_ms: 30_000,
             flush_consumer_offset_interval_ms: 5_000,
             client_channel_max_idle_time_ms: 120_000,
+            ha_listen_port: 0,
+            ha_master_address: None,
+            ha_send_heartbeat_interval_ms: 5_000,
+            ha_housekeeping_interval_ms: 20_000,
+            ha_transfer_batch_size: 32 * 1024,
+            ha_slave_fallbehind_max: 256 * 1024 * 1024,
+            slave_timeout_ms: 3_000,
+            slave_read_enable: false,
             store: StoreConfig::default(),
         }
     }
@@ -77,6 +96,14 @@ const BROKER_KEYS: &[&str] = &[
     "registerNameServerPeriod",
     "flushConsumerOffsetInterval",
     "clientChannelMaxIdleTimeSeconds",
+    "haListenPort",
+    "haMasterAddress",
+    "haSendHeartbeatInterval",
+    "haHousekeepingInterval",
+    "haTransferBatchSize",
+    "haSlaveFallbehindMax",
+    "slaveTimeout",
+    "slaveReadEnable",
 ];
 
 /// RocketMQ keys Keel accepts and has nothing to do for (thread pools and the like sized for
@@ -154,6 +181,14 @@ impl BrokerConfig {
             "clientChannelMaxIdleTimeSeconds" => {
                 self.client_channel_max_idle_time_ms = parse_num(key, value, 1, u32::MAX as u64)? * 1000
             }
+            "haListenPort" => self.ha_listen_port = v.parse().map_err(|_| format!("{key}: '{value}' is not a port"))?,
+            "haMasterAddress" => self.ha_master_address = Some(v.to_string()).filter(|a| !a.is_empty()),
+            "haSendHeartbeatInterval" => self.ha_send_heartbeat_interval_ms = parse_num(key, value, 100, 3_600_000)?,
+            "haHousekeepingInterval" => self.ha_housekeeping_interval_ms = parse_num(key, value, 1_000, 3_600_000)?,
+            "haTransferBatchSize" => self.ha_transfer_batch_size = parse_num(key, value, 1024, 64 << 20)? as usize,
+            "haSlaveFallbehindMax" => self.ha_slave_fallbehind_max = parse_num(key, value, 0, u64::MAX)?,
+            "slaveTimeout" => self.slave_timeout_ms = parse_num(key, value, 1, 3_600_000)?,
+            "slaveReadEnable" => self.slave_read_enable = parse_bool(key, value)?,
             k if ACCEPTED_KEYS.contains(&k) => {}
             _ => return self.store.set(key, value),
         }
@@ -193,6 +228,15 @@ impl BrokerConfig {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The HA listener's port: `haListenPort`, or listenPort + 1.
+    pub fn ha_port(&self) -> u16 {
+        if self.ha_listen_port != 0 {
+            self.ha_listen_port
+        } else {
+            self.listen_port.wrapping_add(1)
+        }
     }
 
     /// "ip:port" clients reach this broker at.
@@ -236,6 +280,14 @@ impl BrokerConfig {
                 ("registerNameServerPeriod", self.register_name_server_period_ms.to_string()),
                 ("flushConsumerOffsetInterval", self.flush_consumer_offset_interval_ms.to_string()),
                 ("clientChannelMaxIdleTimeSeconds", (self.client_channel_max_idle_time_ms / 1000).to_string()),
+                ("haListenPort", self.ha_port().to_string()),
+                ("haMasterAddress", self.ha_master_address.clone().unwrap_or_default()),
+                ("haSendHeartbeatInterval", self.ha_send_heartbeat_interval_ms.to_string()),
+                ("haHousekeepingInterval", self.ha_housekeeping_interval_ms.to_string()),
+                ("haTransferBatchSize", self.ha_transfer_batch_size.to_string()),
+                ("haSlaveFallbehindMax", self.ha_slave_fallbehind_max.to_string()),
+                ("slaveTimeout", self.slave_timeout_ms.to_string()),
+                ("slaveReadEnable", self.slave_read_enable.to_string()),
                 ("mappedFileSizeCommitLog", s.mapped_file_size_commit_log.to_string()),
                 ("mappedFileSizeConsumeQueue", s.mapped_file_size_consume_queue.to_string()),
                 ("flushIntervalCommitLog", s.flush_interval_commit_log_ms.to_string()),

@@ -133,6 +133,32 @@ impl CommitLog {
         Ok(pos)
     }
 
+    /// Replication: writes bytes received from a master verbatim at `at` (the end of this log,
+    /// or a segment base when the log is empty), inside one segment. Caller holds the put lock.
+    pub async fn append_raw(&self, at: u64, data: &[u8]) -> Result<(), StoreError> {
+        let empty = self.segments.read().unwrap().is_empty();
+        if empty && at != self.write_pos() {
+            if !at.is_multiple_of(self.segment_size) {
+                return Err(StoreError::Corrupt(format!("a replica log must start at a segment base, not {at}")));
+            }
+            self.set_recovered_end(at);
+        }
+        if at != self.write_pos() {
+            return Err(StoreError::Corrupt(format!(
+                "replicated bytes at {at}, but this log ends at {}",
+                self.write_pos()
+            )));
+        }
+        let base = at - at % self.segment_size;
+        if at - base + data.len() as u64 > self.segment_size {
+            return Err(StoreError::Corrupt(format!("replicated bytes at {at}+{} span segments", data.len())));
+        }
+        let seg = self.segment_for_write(base).await?;
+        seg.write_at(at - base, data).await?;
+        self.write_pos.store(at + data.len() as u64, Ordering::Release);
+        Ok(())
+    }
+
     /// Bytes `offset..offset+len` of one record (never spanning segments).
     pub async fn read(&self, offset: u64, len: usize) -> Result<Bytes, StoreError> {
         if offset + len as u64 > self.write_pos() {

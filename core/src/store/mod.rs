@@ -16,6 +16,7 @@ mod integrity;
 pub mod meta;
 pub mod record;
 mod recovery;
+mod replica;
 mod service;
 
 pub use integrity::IntegrityReport;
@@ -70,6 +71,10 @@ pub enum PutStatus {
     PutOk,
     /// Stored, but not known to be durable within `syncFlushTimeout`.
     FlushDiskTimeout,
+    /// SYNC_MASTER: stored, but no slave confirmed it within `slaveTimeout`.
+    FlushSlaveTimeout,
+    /// SYNC_MASTER: stored, but no slave is connected (or it is too far behind).
+    SlaveNotAvailable,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -557,6 +562,11 @@ impl MessageStore {
 
     /// After a recovery that was not clean, the queue's end as recovered (offsets past it may
     /// have been given to messages lost with an unsynced tail, and are being given again).
+    /// Whether the last open found a clean shutdown (nothing was lost or cut).
+    pub fn recovered_cleanly(&self) -> bool {
+        self.inner.recovered_ends.get().is_none()
+    }
+
     pub fn recovered_end(&self, topic: &str, queue_id: i32) -> Option<u64> {
         let ends = self.inner.recovered_ends.get()?;
         Some(ends.get(&(topic.to_string(), queue_id)).copied().unwrap_or(0))

@@ -1,0 +1,447 @@
+//! Master/slave replication: RocketMQ's HA service.
+//!
+//! A slave connects to its master's HA listener (`haListenPort`, listenPort + 1 by default)
+//! and reports its commitlog end as an 8-byte big-endian offset; the master streams raw
+//! commitlog bytes from there in frames of `i64 start offset, i32 size, bytes` (at most
+//! `haTransferBatchSize`; an empty frame is a heartbeat), and the slave appends them verbatim,
+//! so both logs are byte-identical, builds its own consume queues and index, and reports its
+//! new end after every frame. An empty slave is started at the master's last segment, as
+//! RocketMQ does.
+//!
+//! One addition to RocketMQ's stream, for a master that lost power: bytes a slave copied
+//! before the loss may be gone from the master, which then writes different records at the
+//! same offsets. The master keeps an epoch list (`config/haEpoch.json`: a new epoch starts at
+//! the log end of every boot after a recovery that was not clean) and opens each connection
+//! with it (a frame with start offset -1). The slave keeps the list of the master it copied
+//! from; the last epoch both lists share, up to where either side leaves it, is the part both
+//! logs agree on, and the slave cuts its log there before reporting. So a slave never serves
+//! or keeps bytes its master no longer has.
+//!
+//! SYNC_MASTER: a send is answered once a slave has confirmed its bytes; with no slave
+//! connected (or one more than `haSlaveFallbehindMax` behind) it is SLAVE_NOT_AVAILABLE at
+//! once, and past `slaveTimeout` FLUSH_SLAVE_TIMEOUT — both mean stored, not replicated.
+
+use crate::config::broker::{BrokerConfig, BrokerRole};
+use crate::rt::net::{AsyncReadExt, AsyncWriteExt, TcpListener, TcpStream};
+use crate::rt::sync::{watch, Notify};
+use crate::store::{meta, MessageStore, PutStatus, StoreError};
+use bytes::{Buf, BufMut, BytesMut};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const EPOCH_FILE: &str = "haEpoch.json";
+const HEADER: usize = 12;
+const EPOCH_FRAME: i64 = -1;
+/// A frame larger than this is garbage, not a batch.
+const MAX_FRAME: usize = 64 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Epoch {
+    pub epoch: u64,
+    pub start_offset: u64,
+}
+
+/// Where a slave's log and its master's agree: the end of the last epoch both lists hold,
+/// as far as both logs reach. 0 when they share nothing (the slave starts over).
+pub fn consistent_point(master: &[Epoch], master_end: u64, slave: &[Epoch], slave_end: u64) -> u64 {
+    for (i, e) in slave.iter().enumerate().rev() {
+        if let Some(j) = master.iter().position(|m| m == e) {
+            let slave_to = slave.get(i + 1).map_or(slave_end, |n| n.start_offset).min(slave_end);
+            let master_to = master.get(j + 1).map_or(master_end, |n| n.start_offset).min(master_end);
+            return slave_to.min(master_to);
+        }
+    }
+    0
+}
+
+/// Replication state of one broker (master or slave).
+pub struct Ha {
+    cfg: BrokerConfig,
+    store: MessageStore,
+    epochs: Mutex<Vec<Epoch>>,
+    /// Master: the highest commitlog offset a slave has confirmed.
+    acked: watch::Sender<u64>,
+    /// Master: slaves connected and reporting.
+    slaves: AtomicUsize,
+    /// Master: wakes the transfer loops when the log grows.
+    grown: Notify,
+    /// Slave: the master's HA address (configured, or learnt from the name server).
+    master: Mutex<Option<String>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Ha {
+    /// Loads the epoch list; a master opens a new epoch after a recovery that was not clean.
+    pub async fn open(cfg: &BrokerConfig, store: &MessageStore) -> Result<Arc<Ha>, StoreError> {
+        let path = epoch_path(cfg);
+        let mut epochs: Vec<Epoch> = meta::load(store.disk(), &path).await?.unwrap_or_default();
+        if cfg.broker_role != BrokerRole::Slave {
+            let next = match epochs.last() {
+                None => Some(Epoch { epoch: 1, start_offset: store.min_phys() }),
+                Some(e) if !store.recovered_cleanly() => {
+                    Some(Epoch { epoch: e.epoch + 1, start_offset: store.max_phys() })
+                }
+                Some(_) => None,
+            };
+            if let Some(e) = next {
+                tracing::info!(epoch = e.epoch, start = e.start_offset, "HA: new epoch");
+                epochs.push(e);
+                meta::persist(store.disk(), &path, &epochs).await?;
+            }
+        }
+        let (acked, _) = watch::channel(0);
+        let (stop, _) = watch::channel(false);
+        Ok(Arc::new(Ha {
+            cfg: cfg.clone(),
+            store: store.clone(),
+            epochs: Mutex::new(epochs),
+            acked,
+            slaves: AtomicUsize::new(0),
+            grown: Notify::new(),
+            master: Mutex::new(cfg.ha_master_address.clone()),
+            stop,
+        }))
+    }
+
+    pub fn epochs(&self) -> Vec<Epoch> {
+        self.epochs.lock().unwrap().clone()
+    }
+
+    /// The log grew (called for every stored record).
+    pub fn wake(&self) {
+        self.grown.notify_waiters();
+    }
+
+    /// A slave learns (from REGISTER_BROKER's answer) where its master's HA listener is.
+    pub fn learn_master(&self, addr: &str) {
+        if self.cfg.broker_role == BrokerRole::Slave && self.cfg.ha_master_address.is_none() {
+            *self.master.lock().unwrap() = Some(addr.to_string());
+        }
+    }
+
+    pub fn slaves_connected(&self) -> usize {
+        self.slaves.load(Ordering::Acquire)
+    }
+
+    /// Master: the highest offset a slave has confirmed.
+    pub fn acked(&self) -> u64 {
+        *self.acked.borrow()
+    }
+
+    /// Stops the listener and every connection.
+    pub fn shutdown(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// SYNC_MASTER: waits until a slave holds the log up to `end`.
+    pub async fn wait_replicated(&self, end: u64) -> PutStatus {
+        let behind = self.store.max_phys().saturating_sub(self.acked());
+        if self.slaves_connected() == 0 || behind > self.cfg.ha_slave_fallbehind_max {
+            return PutStatus::SlaveNotAvailable;
+        }
+        let mut rx = self.acked.subscribe();
+        let wait = rx.wait_for(|a| *a >= end);
+        match crate::rt::time::timeout(Duration::from_millis(self.cfg.slave_timeout_ms), wait).await {
+            Ok(Ok(())) => PutStatus::PutOk,
+            _ => PutStatus::FlushSlaveTimeout,
+        }
+    }
+
+    /// Master: accepts slaves on the HA port until shutdown.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            let accepted = crate::rt::select! {
+                biased;
+                _ = stop.changed() => return,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let ha = self.clone();
+                    crate::rt::spawn(async move {
+                        let reason = ha.clone().transfer(stream).await;
+                        tracing::info!(slave = %peer, "HA connection closed: {reason}");
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "HA accept failed");
+                    crate::rt::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Master side of one slave connection. Returns why it ended.
+    async fn transfer(self: Arc<Self>, mut stream: TcpStream) -> String {
+        let mut stop = self.stop.subscribe();
+        let mut out = BytesMut::new();
+        let epochs = self.epochs();
+        out.put_i64(EPOCH_FRAME);
+        out.put_i32((epochs.len() * 16) as i32);
+        for e in &epochs {
+            out.put_u64(e.epoch);
+            out.put_u64(e.start_offset);
+        }
+        if let Err(e) = stream.write_all(&out).await {
+            return format!("write failed: {e}");
+        }
+        let mut rbuf = BytesMut::with_capacity(64);
+        let mut next: Option<u64> = None;
+        let mut counted = false;
+        let heartbeat = Duration::from_millis(self.cfg.ha_send_heartbeat_interval_ms);
+        let housekeeping = Duration::from_millis(self.cfg.ha_housekeeping_interval_ms);
+        let mut last_read = crate::rt::instant();
+        let mut last_write = crate::rt::instant();
+        let reason = loop {
+            // The last complete report counts.
+            let mut report = None;
+            while rbuf.len() >= 8 {
+                report = Some(rbuf.get_u64());
+            }
+            if let Some(r) = report {
+                if self.acked() < r {
+                    self.acked.send_replace(r);
+                }
+                if next.is_none() {
+                    let max = self.store.max_phys();
+                    if r > max {
+                        break format!("slave reports {r}, past this master's end {max}");
+                    }
+                    let start = if r == 0 { max - max % self.store.segment_size() } else { r };
+                    if start < self.store.min_phys() && start < max {
+                        break format!("slave needs {start}, before this master's first offset");
+                    }
+                    tracing::info!(slave_end = r, start, "HA: slave attached");
+                    next = Some(start);
+                    self.slaves.fetch_add(1, Ordering::AcqRel);
+                    counted = true;
+                }
+            }
+            if let Some(n) = next {
+                match self.store.read_log(n, self.cfg.ha_transfer_batch_size).await {
+                    Ok(data) if !data.is_empty() => {
+                        out.clear();
+                        out.put_u64(n);
+                        out.put_i32(data.len() as i32);
+                        out.extend_from_slice(&data);
+                        if let Err(e) = stream.write_all(&out).await {
+                            break format!("write failed: {e}");
+                        }
+                        next = Some(n + data.len() as u64);
+                        last_write = crate::rt::instant();
+                        // Take the slave's reports between batches.
+                        match read_ready(&mut stream, &mut rbuf) {
+                            Ok(true) => last_read = crate::rt::instant(),
+                            Ok(false) => {}
+                            Err(e) => break e,
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => break format!("reading the log at {n}: {e}"),
+                }
+            }
+            let mut grown = std::pin::pin!(self.grown.notified());
+            grown.as_mut().enable();
+            if next.is_some_and(|n| self.store.max_phys() > n) {
+                continue;
+            }
+            let tick = heartbeat.min(housekeeping) / 2;
+            crate::rt::select! {
+                biased;
+                _ = stop.changed() => break "broker shutting down".to_string(),
+                r = stream.read_buf(&mut rbuf) => match r {
+                    Ok(0) => break "closed by slave".to_string(),
+                    Ok(_) => last_read = crate::rt::instant(),
+                    Err(e) => break format!("read failed: {e}"),
+                },
+                _ = &mut grown, if next.is_some() => {}
+                _ = crate::rt::time::sleep(tick) => {
+                    if last_read.elapsed() >= housekeeping {
+                        break format!("no report for {} ms", housekeeping.as_millis());
+                    }
+                    if let Some(n) = next.filter(|_| last_write.elapsed() >= heartbeat) {
+                        out.clear();
+                        out.put_u64(n);
+                        out.put_i32(0);
+                        if let Err(e) = stream.write_all(&out).await {
+                            break format!("write failed: {e}");
+                        }
+                        last_write = crate::rt::instant();
+                    }
+                }
+            }
+        };
+        if counted {
+            self.slaves.fetch_sub(1, Ordering::AcqRel);
+        }
+        reason
+    }
+
+    /// Slave: keeps a connection to the master, reconnecting every 5 s, until shutdown.
+    pub async fn follow(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            let master = self.master.lock().unwrap().clone();
+            if let Some(addr) = master {
+                match crate::rt::net::resolve(&addr).await {
+                    Ok(sa) => match TcpStream::connect(sa).await {
+                        Ok(stream) => {
+                            let _ = stream.set_nodelay(true);
+                            let reason = self.clone().replicate(stream).await;
+                            tracing::info!(master = %addr, "HA: connection to master closed: {reason}");
+                        }
+                        Err(e) => tracing::debug!(master = %addr, error = %e, "HA: connect to master failed"),
+                    },
+                    Err(e) => tracing::warn!(master = %addr, error = %e, "HA: bad master address"),
+                }
+            }
+            crate::rt::select! {
+                biased;
+                _ = stop.changed() => return,
+                _ = crate::rt::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    }
+
+    /// Slave side of one connection. Returns why it ended.
+    async fn replicate(self: Arc<Self>, mut stream: TcpStream) -> String {
+        let mut stop = self.stop.subscribe();
+        let mut rbuf = BytesMut::with_capacity(64 * 1024);
+        let heartbeat = Duration::from_millis(self.cfg.ha_send_heartbeat_interval_ms);
+        let housekeeping = Duration::from_millis(self.cfg.ha_housekeeping_interval_ms);
+        let mut attached = false;
+        let mut reported = u64::MAX;
+        let mut last_read = crate::rt::instant();
+        let mut last_report = crate::rt::instant();
+        loop {
+            // Apply every complete frame.
+            while rbuf.len() >= HEADER {
+                let start = i64::from_be_bytes(rbuf[..8].try_into().unwrap());
+                let size = i32::from_be_bytes(rbuf[8..12].try_into().unwrap());
+                if size < 0 || size as usize > MAX_FRAME {
+                    return format!("bad frame size {size}");
+                }
+                if rbuf.len() < HEADER + size as usize {
+                    break;
+                }
+                rbuf.advance(HEADER);
+                let body = rbuf.split_to(size as usize);
+                if start == EPOCH_FRAME {
+                    match self.attach(&body).await {
+                        Ok(()) => attached = true,
+                        Err(e) => return format!("attaching failed: {e}"),
+                    }
+                    reported = u64::MAX;
+                    continue;
+                }
+                if !attached {
+                    return "master sent log bytes before its epochs".to_string();
+                }
+                if size > 0 {
+                    if let Err(e) = self.store.append_replica(start as u64, &body).await {
+                        return format!("append at {start} failed: {e}");
+                    }
+                }
+            }
+            let end = self.store.max_phys();
+            if attached && (end != reported || last_report.elapsed() >= heartbeat) {
+                if let Err(e) = stream.write_all(&end.to_be_bytes()).await {
+                    return format!("write failed: {e}");
+                }
+                reported = end;
+                last_report = crate::rt::instant();
+            }
+            let tick = heartbeat.min(housekeeping) / 2;
+            crate::rt::select! {
+                biased;
+                _ = stop.changed() => return "broker shutting down".to_string(),
+                r = stream.read_buf(&mut rbuf) => match r {
+                    Ok(0) => return "closed by master".to_string(),
+                    Ok(_) => last_read = crate::rt::instant(),
+                    Err(e) => return format!("read failed: {e}"),
+                },
+                _ = crate::rt::time::sleep(tick) => {
+                    if last_read.elapsed() >= housekeeping {
+                        return format!("nothing from the master for {} ms", housekeeping.as_millis());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Slave: the master's epochs arrived; cut whatever the master no longer has, then take
+    /// its list as ours.
+    async fn attach(&self, body: &[u8]) -> Result<(), StoreError> {
+        let master: Vec<Epoch> = body
+            .chunks_exact(16)
+            .map(|c| Epoch {
+                epoch: u64::from_be_bytes(c[..8].try_into().unwrap()),
+                start_offset: u64::from_be_bytes(c[8..].try_into().unwrap()),
+            })
+            .collect();
+        let mine = self.epochs();
+        let end = self.store.max_phys();
+        let has_log = end > self.store.min_phys();
+        if has_log {
+            // The master's end is its business: a report past it closes the connection there.
+            let keep = consistent_point(&master, u64::MAX, &mine, end);
+            if keep < end {
+                let cut = self.store.truncate_replica(keep).await?;
+                tracing::warn!(from = keep, bytes = cut, "HA: dropped the log tail the master does not have");
+            }
+        }
+        if mine != master {
+            meta::persist(self.store.disk(), &epoch_path(&self.cfg), &master).await?;
+            *self.epochs.lock().unwrap() = master;
+        }
+        Ok(())
+    }
+}
+
+fn epoch_path(cfg: &BrokerConfig) -> PathBuf {
+    meta::config_dir(&cfg.store.store_path_root_dir).join(EPOCH_FILE)
+}
+
+/// Reads what the socket already has without waiting: `Ok(true)` if anything came.
+fn read_ready(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<bool, String> {
+    use futures_util::FutureExt;
+    match stream.read_buf(buf).now_or_never() {
+        Some(Ok(0)) => Err("closed by slave".to_string()),
+        Some(Ok(_)) => Ok(true),
+        Some(Err(e)) => Err(format!("read failed: {e}")),
+        None => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(epoch: u64, start: u64) -> Epoch {
+        Epoch { epoch, start_offset: start }
+    }
+
+    #[test]
+    fn consistent_point_is_where_the_shared_epoch_ends() {
+        // Same history: the shorter log's end.
+        assert_eq!(consistent_point(&[e(1, 0)], 900, &[e(1, 0)], 500), 500);
+        assert_eq!(consistent_point(&[e(1, 0)], 400, &[e(1, 0)], 500), 400);
+        // The master lost power at 300 and went on with epoch 2: the slave's bytes past 300
+        // came from the lost tail.
+        assert_eq!(consistent_point(&[e(1, 0), e(2, 300)], 900, &[e(1, 0)], 500), 300);
+        // The slave already follows epoch 2.
+        assert_eq!(consistent_point(&[e(1, 0), e(2, 300)], 900, &[e(1, 0), e(2, 300)], 700), 700);
+        // Two losses the slave missed.
+        assert_eq!(consistent_point(&[e(1, 0), e(2, 300), e(3, 350)], 900, &[e(1, 0)], 500), 300);
+        // Nothing shared: start over.
+        assert_eq!(consistent_point(&[e(5, 0)], 900, &[e(1, 0)], 500), 0);
+        assert_eq!(consistent_point(&[e(1, 0)], 900, &[], 500), 0);
+    }
+}
