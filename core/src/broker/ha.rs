@@ -123,6 +123,11 @@ impl Ha {
         }
     }
 
+    /// Slave: whether it knows where its master's HA listener is.
+    pub fn knows_master(&self) -> bool {
+        self.master.lock().unwrap().is_some()
+    }
+
     pub fn slaves_connected(&self) -> usize {
         self.slaves.load(Ordering::Acquire)
     }
@@ -188,7 +193,7 @@ impl Ha {
             out.put_u64(e.epoch);
             out.put_u64(e.start_offset);
         }
-        if let Err(e) = stream.write_all(&out).await {
+        if let Err(e) = send(&mut stream, &out).await {
             return format!("write failed: {e}");
         }
         let mut rbuf = BytesMut::with_capacity(64);
@@ -230,7 +235,7 @@ impl Ha {
                         out.put_u64(n);
                         out.put_i32(data.len() as i32);
                         out.extend_from_slice(&data);
-                        if let Err(e) = stream.write_all(&out).await {
+                        if let Err(e) = send(&mut stream, &out).await {
                             break format!("write failed: {e}");
                         }
                         next = Some(n + data.len() as u64);
@@ -270,7 +275,7 @@ impl Ha {
                         out.clear();
                         out.put_u64(n);
                         out.put_i32(0);
-                        if let Err(e) = stream.write_all(&out).await {
+                        if let Err(e) = send(&mut stream, &out).await {
                             break format!("write failed: {e}");
                         }
                         last_write = crate::rt::instant();
@@ -289,7 +294,7 @@ impl Ha {
         let mut stop = self.stop.subscribe();
         loop {
             let master = self.master.lock().unwrap().clone();
-            if let Some(addr) = master {
+            if let Some(addr) = master.clone() {
                 match crate::rt::net::resolve(&addr).await {
                     Ok(sa) => match TcpStream::connect(sa).await {
                         Ok(stream) => {
@@ -302,10 +307,12 @@ impl Ha {
                     Err(e) => tracing::warn!(master = %addr, error = %e, "HA: bad master address"),
                 }
             }
+            // Reconnect every 5 s (RocketMQ's pace); look for a master to learn every 1 s.
+            let pause = if master.is_some() { Duration::from_secs(5) } else { Duration::from_secs(1) };
             crate::rt::select! {
                 biased;
                 _ = stop.changed() => return,
-                _ = crate::rt::time::sleep(Duration::from_secs(5)) => {}
+                _ = crate::rt::time::sleep(pause) => {}
             }
         }
     }
@@ -352,7 +359,7 @@ impl Ha {
             }
             let end = self.store.max_phys();
             if attached && (end != reported || last_report.elapsed() >= heartbeat) {
-                if let Err(e) = stream.write_all(&end.to_be_bytes()).await {
+                if let Err(e) = send(&mut stream, &end.to_be_bytes()).await {
                     return format!("write failed: {e}");
                 }
                 reported = end;
@@ -407,6 +414,12 @@ impl Ha {
 
 fn epoch_path(cfg: &BrokerConfig) -> PathBuf {
     meta::config_dir(&cfg.store.store_path_root_dir).join(EPOCH_FILE)
+}
+
+/// Writes and flushes (madsim's sockets, like a buffered writer, send on flush).
+async fn send(stream: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
+    stream.write_all(buf).await?;
+    stream.flush().await
 }
 
 /// Reads what the socket already has without waiting: `Ok(true)` if anything came.

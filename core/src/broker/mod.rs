@@ -369,6 +369,17 @@ impl BrokerController {
                 Box::pin(async move { b.stats.sample(crate::rt::now_ms()) })
             })),
         ];
+        if broker.is_slave() {
+            // A slave that booted before its master learns the master's HA address from the
+            // name server's answer: ask every 2 s until it knows (not only every 30 s).
+            tasks.push(crate::rt::spawn(periodic(broker.clone(), 2_000, |b| {
+                Box::pin(async move {
+                    if !b.ha.knows_master() {
+                        b.register_all().await;
+                    }
+                })
+            })));
+        }
         tasks.push(match ha_listener {
             Some(l) => crate::rt::spawn(ha.clone().serve(l)),
             None => crate::rt::spawn(ha.clone().follow()),
