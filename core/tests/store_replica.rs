@@ -65,8 +65,8 @@ async fn a_replica_is_byte_identical_and_cuts_where_its_master_parted() {
     // that lost power after record 400 does).
     let parted = open("/m2").await;
     let mut cut = 0;
-    for i in 0..400 {
-        let r = master.get_message("T", (i % 3) as i32, (i / 3) as u64, 1, usize::MAX, None).await.unwrap();
+    for i in 0..400i32 {
+        let r = master.get_message("T", i % 3, (i / 3) as u64, 1, usize::MAX, None).await.unwrap();
         cut = cut.max(r.messages[0].phys_offset + r.messages[0].record.len() as u64);
     }
     copy(&master, &parted, cut).await;
