@@ -122,6 +122,23 @@ impl Shared {
     }
 }
 
+/// Starts of the records a commitlog segment file holds before `upto` (walking the size
+/// fields from 0), and where the walk stopped: past `upto`, or at a zero or negative size.
+fn record_starts(disk: &SimDisk, path: &std::path::Path, upto: usize) -> (Vec<usize>, usize) {
+    let mut starts = Vec::new();
+    let mut pos = 0usize;
+    while pos < upto {
+        let b = disk.peek(path, pos..pos + 4).unwrap_or_default();
+        let size = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        if size <= 0 {
+            break;
+        }
+        starts.push(pos);
+        pos += size as usize;
+    }
+    (starts, pos)
+}
+
 /// Body of message `id`: "id:crc32:payload", the payload derived from the id.
 pub fn body(id: &str, size: usize) -> Vec<u8> {
     let mut x = crc32fast::hash(id.as_bytes()) | 1;
@@ -621,17 +638,7 @@ impl Cluster {
                 if let Some((path, len)) = newest {
                     // Record starts first: a flip may hit a size field.
                     let base: u64 = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).unwrap_or(0);
-                    let mut starts = Vec::new();
-                    let mut pos = 0usize;
-                    while pos + 4 <= len {
-                        let b = disk.peek(&path, pos..pos + 4).unwrap_or_default();
-                        let size = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-                        if size <= 0 {
-                            break;
-                        }
-                        starts.push(pos);
-                        pos += size as usize;
-                    }
+                    let (starts, pos) = record_starts(&disk, &path, len);
                     let mut rng = keel_core::rt::rng();
                     let count = f.count.max(1) as usize;
                     let flipped = disk.flip_bits(&path, len.saturating_sub(64 * 1024)..len, count, &mut rng);
@@ -684,15 +691,8 @@ impl Cluster {
                     }
                 }
                 // Back to the start of the record that byte belongs to.
-                let mut pos = 0usize;
-                while pos < lo {
-                    let b = disk.peek(&path, pos..pos + 4).unwrap_or_default();
-                    let size = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-                    if size <= 0 || pos + size as usize > lo {
-                        break;
-                    }
-                    pos += size as usize;
-                }
+                let (starts, end) = record_starts(disk, &path, lo);
+                let pos = if end <= lo { end } else { starts.last().copied().unwrap_or(0) };
                 lost_from = base + pos as u64;
                 break;
             }

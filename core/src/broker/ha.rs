@@ -22,7 +22,8 @@
 //! once, and past `slaveTimeout` FLUSH_SLAVE_TIMEOUT — both mean stored, not replicated.
 
 use crate::config::broker::{BrokerConfig, BrokerRole};
-use crate::rt::net::{AsyncReadExt, AsyncWriteExt, TcpListener, TcpStream};
+use crate::remoting::write_all;
+use crate::rt::net::{AsyncReadExt, TcpListener, TcpStream};
 use crate::rt::sync::{watch, Notify};
 use crate::store::{meta, MessageStore, PutStatus, StoreError};
 use bytes::{Buf, BufMut, BytesMut};
@@ -193,7 +194,7 @@ impl Ha {
             out.put_u64(e.epoch);
             out.put_u64(e.start_offset);
         }
-        if let Err(e) = send(&mut stream, &out).await {
+        if let Err(e) = write_all(&mut stream, &out).await {
             return format!("write failed: {e}");
         }
         let mut rbuf = BytesMut::with_capacity(64);
@@ -210,9 +211,11 @@ impl Ha {
                 report = Some(rbuf.get_u64());
             }
             if let Some(r) = report {
-                if self.acked() < r {
-                    self.acked.send_replace(r);
-                }
+                self.acked.send_if_modified(|a| {
+                    let ahead = r > *a;
+                    *a = (*a).max(r);
+                    ahead
+                });
                 if next.is_none() {
                     let max = self.store.max_phys();
                     if r > max {
@@ -235,7 +238,7 @@ impl Ha {
                         out.put_u64(n);
                         out.put_i32(data.len() as i32);
                         out.extend_from_slice(&data);
-                        if let Err(e) = send(&mut stream, &out).await {
+                        if let Err(e) = write_all(&mut stream, &out).await {
                             break format!("write failed: {e}");
                         }
                         next = Some(n + data.len() as u64);
@@ -275,7 +278,7 @@ impl Ha {
                         out.clear();
                         out.put_u64(n);
                         out.put_i32(0);
-                        if let Err(e) = send(&mut stream, &out).await {
+                        if let Err(e) = write_all(&mut stream, &out).await {
                             break format!("write failed: {e}");
                         }
                         last_write = crate::rt::instant();
@@ -359,7 +362,7 @@ impl Ha {
             }
             let end = self.store.max_phys();
             if attached && (end != reported || last_report.elapsed() >= heartbeat) {
-                if let Err(e) = send(&mut stream, &end.to_be_bytes()).await {
+                if let Err(e) = write_all(&mut stream, &end.to_be_bytes()).await {
                     return format!("write failed: {e}");
                 }
                 reported = end;
@@ -414,12 +417,6 @@ impl Ha {
 
 fn epoch_path(cfg: &BrokerConfig) -> PathBuf {
     meta::config_dir(&cfg.store.store_path_root_dir).join(EPOCH_FILE)
-}
-
-/// Writes and flushes (madsim's sockets, like a buffered writer, send on flush).
-async fn send(stream: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
-    stream.write_all(buf).await?;
-    stream.flush().await
 }
 
 /// Reads what the socket already has without waiting: `Ok(true)` if anything came.

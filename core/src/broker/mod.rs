@@ -299,9 +299,6 @@ impl BrokerController {
             BrokerRole::Slave => None,
             _ => {
                 // listenPort 0 (tests): the HA listener takes any free port too.
-                if any_port && cfg.ha_listen_port == 0 {
-                    cfg.ha_listen_port = 0;
-                }
                 let port = if any_port && cfg.ha_listen_port == 0 { 0 } else { cfg.ha_port() };
                 let at = format!("{}:{port}", cfg.broker_ip1);
                 let l = TcpListener::bind(&at).await.map_err(|e| BrokerError::Listen(at.clone(), e))?;

@@ -12,6 +12,7 @@ mod client;
 mod server;
 
 pub use client::{RemotingClient, RequestHandler};
+pub(crate) use server::write_all;
 pub use server::{not_supported, Connection, Processor, Server, ServerConfig};
 
 use std::future::Future;

@@ -255,7 +255,8 @@ async fn serve_connection<P: Processor>(
     processor.on_close(&conn);
 }
 
-async fn write_all(stream: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
+/// Writes and flushes (madsim's sockets send on flush).
+pub(crate) async fn write_all(stream: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
     stream.write_all(buf).await?;
     stream.flush().await
 }

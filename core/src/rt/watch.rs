@@ -62,6 +62,17 @@ impl<T> Sender<T> {
         old
     }
 
+    /// Changes the value in place under the lock; wakes receivers only if `f` says it
+    /// changed. Returns what `f` returned.
+    pub fn send_if_modified(&self, f: impl FnOnce(&mut T) -> bool) -> bool {
+        let changed = f(&mut self.shared.value.lock().unwrap());
+        if changed {
+            self.shared.version.fetch_add(1, Ordering::AcqRel);
+            self.shared.notify.notify_waiters();
+        }
+        changed
+    }
+
     /// Stores a new value and wakes every waiting receiver (never fails: a value sent with
     /// no receiver is still there for the next `subscribe`).
     pub fn send(&self, value: T) -> Result<(), T> {

@@ -236,7 +236,7 @@ impl MessageStore {
         Ok(())
     }
 
-    async fn rebuild_offset_table(&self) {
+    pub(super) async fn rebuild_offset_table(&self) {
         let mut st = self.inner.put.lock().await;
         for cq in self.inner.queues.read().unwrap().all() {
             st.offsets.entry(cq.topic.clone()).or_default().insert(cq.queue_id, cq.max_offset());

@@ -106,7 +106,7 @@ impl MessageStore {
     pub async fn truncate_replica(&self, to: u64) -> Result<u64, StoreError> {
         let inner = &self.inner;
         let cl = &inner.commitlog;
-        let mut st = inner.put.lock().await;
+        let st = inner.put.lock().await;
         let end = cl.write_pos();
         if to >= end {
             return Ok(0);
@@ -138,15 +138,13 @@ impl MessageStore {
         };
         let from = inner.dispatched.load(Ordering::Acquire).min(boundary).min(index_from);
         inner.dispatched.store(from, Ordering::Release);
-        if inner.flushed_tx.borrow().to_owned() > to {
-            inner.flushed_tx.send_replace(to);
-        }
-        st.offsets.clear();
-        let queues = inner.queues.read().unwrap().all();
-        for cq in queues {
-            st.offsets.entry(cq.topic.clone()).or_default().insert(cq.queue_id, cq.max_offset());
-        }
+        inner.flushed_tx.send_if_modified(|f| {
+            let past = *f > to;
+            *f = (*f).min(to);
+            past
+        });
         drop(st);
+        self.rebuild_offset_table().await;
         tracing::warn!(from = to, bytes = cut, "replica: cut the commitlog where it parts from the master's");
         self.dispatch_complete(Some(index_from)).await?;
         self.checkpoint().await?;
