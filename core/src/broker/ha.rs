@@ -17,6 +17,14 @@
 //! logs agree on, and the slave cuts its log there before reporting. So a slave never serves
 //! or keeps bytes its master no longer has.
 //!
+//! A SYNC_MASTER that did not stop cleanly (a crash, a power loss) first takes back from its
+//! slave the tail it may have lost: a send it answered SEND_OK was on the slave, so the slave
+//! holds everything the master acked. Its first epoch frame then ends with 8 more bytes, the
+//! master's log end; the slave answers with the log bytes it holds past that (same frames,
+//! records whole) and an empty frame, the master appends them verbatim, and only then opens
+//! its new epoch and takes sends again. No slave within `haReclaimTimeout`: it opens the
+//! epoch without them (a slave that comes later cuts that tail, as above).
+//!
 //! SYNC_MASTER: a send is answered once a slave has confirmed its bytes; with no slave
 //! connected (or one more than `haSlaveFallbehindMax` behind) it is SLAVE_NOT_AVAILABLE at
 //! once, and past `slaveTimeout` FLUSH_SLAVE_TIMEOUT — both mean stored, not replicated.
@@ -24,12 +32,12 @@
 use crate::config::broker::{BrokerConfig, BrokerRole};
 use crate::remoting::write_all;
 use crate::rt::net::{AsyncReadExt, TcpListener, TcpStream};
-use crate::rt::sync::{watch, Notify};
+use crate::rt::sync::{watch, Mutex as AsyncMutex, Notify};
 use crate::store::{meta, MessageStore, PutStatus, StoreError};
 use bytes::{Buf, BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,27 +80,31 @@ pub struct Ha {
     grown: Notify,
     /// Slave: the master's HA address (configured, or learnt from the name server).
     master: Mutex<Option<String>>,
+    /// Master: still to take back from a slave the tail a crash may have cost it.
+    reclaiming: AtomicBool,
+    /// Master: one connection at a time takes back; the deadline waits for it.
+    reclaim: AsyncMutex<()>,
     stop: watch::Sender<bool>,
 }
 
 impl Ha {
-    /// Loads the epoch list; a master opens a new epoch after a recovery that was not clean.
+    /// Loads the epoch list; a master opens a new epoch after a recovery that was not clean
+    /// (a SYNC_MASTER once it has taken back what its slave holds past its end).
     pub async fn open(cfg: &BrokerConfig, store: &MessageStore) -> Result<Arc<Ha>, StoreError> {
         let path = epoch_path(cfg);
         let mut epochs: Vec<Epoch> = meta::load(store.disk(), &path).await?.unwrap_or_default();
-        if cfg.broker_role != BrokerRole::Slave {
-            let next = match epochs.last() {
-                None => Some(Epoch { epoch: 1, start_offset: store.min_phys() }),
-                Some(e) if !store.recovered_cleanly() => {
-                    Some(Epoch { epoch: e.epoch + 1, start_offset: store.max_phys() })
-                }
-                Some(_) => None,
-            };
-            if let Some(e) = next {
-                tracing::info!(epoch = e.epoch, start = e.start_offset, "HA: new epoch");
-                epochs.push(e);
-                meta::persist(store.disk(), &path, &epochs).await?;
-            }
+        let unclean = !store.recovered_cleanly() && !epochs.is_empty();
+        let reclaiming = cfg.broker_role == BrokerRole::SyncMaster && unclean && cfg.ha_reclaim_timeout_ms > 0;
+        if cfg.broker_role != BrokerRole::Slave && (epochs.is_empty() || unclean && !reclaiming) {
+            let start = if epochs.is_empty() { store.min_phys() } else { store.max_phys() };
+            push_epoch(&mut epochs, start);
+            meta::persist(store.disk(), &path, &epochs).await?;
+        }
+        if reclaiming {
+            tracing::info!(
+                end = store.max_phys(),
+                "HA: not stopped cleanly; taking sends once a slave gave back what it holds past this end"
+            );
         }
         let (acked, _) = watch::channel(0);
         let (stop, _) = watch::channel(false);
@@ -104,8 +116,51 @@ impl Ha {
             slaves: AtomicUsize::new(0),
             grown: Notify::new(),
             master: Mutex::new(cfg.ha_master_address.clone()),
+            reclaiming: AtomicBool::new(reclaiming),
+            reclaim: AsyncMutex::new(()),
             stop,
         }))
+    }
+
+    /// Master: still waiting for a slave to give back the tail it may have lost (sends are
+    /// refused meanwhile).
+    pub fn reclaiming(&self) -> bool {
+        self.reclaiming.load(Ordering::Acquire)
+    }
+
+    /// Master: stops waiting for a slave after `haReclaimTimeout`.
+    pub async fn reclaim_deadline(self: Arc<Self>) {
+        if !self.reclaiming() {
+            return;
+        }
+        let mut stop = self.stop.subscribe();
+        crate::rt::select! {
+            biased;
+            _ = stop.changed() => return,
+            _ = crate::rt::time::sleep(Duration::from_millis(self.cfg.ha_reclaim_timeout_ms)) => {}
+        }
+        let _one = self.reclaim.lock().await;
+        if self.reclaiming() {
+            tracing::warn!(
+                end = self.store.max_phys(),
+                "HA: no slave gave back its log within {} ms; going on without it",
+                self.cfg.ha_reclaim_timeout_ms
+            );
+            self.end_reclaim().await;
+        }
+    }
+
+    /// Opens the epoch that follows the taken-back tail and takes sends again.
+    async fn end_reclaim(&self) {
+        let epochs = {
+            let mut epochs = self.epochs.lock().unwrap();
+            push_epoch(&mut epochs, self.store.max_phys());
+            epochs.clone()
+        };
+        if let Err(e) = meta::persist(self.store.disk(), &epoch_path(&self.cfg), &epochs).await {
+            tracing::error!(error = %e, "HA: persisting the new epoch failed");
+        }
+        self.reclaiming.store(false, Ordering::Release);
     }
 
     pub fn epochs(&self) -> Vec<Epoch> {
@@ -185,15 +240,17 @@ impl Ha {
 
     /// Master side of one slave connection. Returns why it ended.
     async fn transfer(self: Arc<Self>, mut stream: TcpStream) -> String {
-        let mut stop = self.stop.subscribe();
-        let mut out = BytesMut::new();
-        let epochs = self.epochs();
-        out.put_i64(EPOCH_FRAME);
-        out.put_i32((epochs.len() * 16) as i32);
-        for e in &epochs {
-            out.put_u64(e.epoch);
-            out.put_u64(e.start_offset);
+        if self.reclaiming() {
+            let _one = self.reclaim.lock().await;
+            if self.reclaiming() {
+                if let Err(e) = self.take_back(&mut stream).await {
+                    return e;
+                }
+                self.end_reclaim().await;
+            }
         }
+        let mut stop = self.stop.subscribe();
+        let mut out = epoch_frame(&self.epochs(), None);
         if let Err(e) = write_all(&mut stream, &out).await {
             return format!("write failed: {e}");
         }
@@ -292,7 +349,41 @@ impl Ha {
         reason
     }
 
-    /// Slave: keeps a connection to the master, reconnecting every 5 s, until shutdown.
+    /// Master, not stopped cleanly: asks the slave for what it holds past this log's end and
+    /// appends it verbatim.
+    async fn take_back(&self, stream: &mut TcpStream) -> Result<(), String> {
+        let from = self.store.max_phys();
+        let frame = epoch_frame(&self.epochs(), Some(from));
+        write_all(stream, &frame).await.map_err(|e| format!("write failed: {e}"))?;
+        let wait = Duration::from_millis(self.cfg.ha_housekeeping_interval_ms);
+        let mut stop = self.stop.subscribe();
+        let mut rbuf = BytesMut::with_capacity(64 * 1024);
+        loop {
+            while let Some((start, body)) = next_frame(&mut rbuf)? {
+                let end = self.store.max_phys();
+                if body.is_empty() {
+                    tracing::info!(from, to = end, bytes = end - from, "HA: took back the log tail from the slave");
+                    return Ok(());
+                }
+                if start != end as i64 {
+                    return Err(format!("slave gave back bytes at {start}, this log ends at {end}"));
+                }
+                self.store.append_replica(end, &body).await.map_err(|e| format!("append at {end} failed: {e}"))?;
+            }
+            crate::rt::select! {
+                biased;
+                _ = stop.changed() => return Err("broker shutting down".to_string()),
+                r = crate::rt::time::timeout(wait, stream.read_buf(&mut rbuf)) => match r {
+                    Ok(Ok(0)) => return Err("closed by slave while giving back".to_string()),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(format!("read failed: {e}")),
+                    Err(_) => return Err(format!("slave gave nothing back for {} ms", wait.as_millis())),
+                },
+            }
+        }
+    }
+
+    /// Slave: keeps a connection to the master, reconnecting every second, until shutdown.
     pub async fn follow(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
         loop {
@@ -310,8 +401,9 @@ impl Ha {
                     Err(e) => tracing::warn!(master = %addr, error = %e, "HA: bad master address"),
                 }
             }
-            // Reconnect every 5 s (RocketMQ's pace); look for a master to learn every 1 s.
-            let pause = if master.is_some() { Duration::from_secs(5) } else { Duration::from_secs(1) };
+            // Reconnect every second (RocketMQ waits 5 s): a master that restarts after a crash
+            // takes sends once its slave is back.
+            let pause = Duration::from_secs(1);
             crate::rt::select! {
                 biased;
                 _ = stop.changed() => return,
@@ -332,29 +424,32 @@ impl Ha {
         let mut last_report = crate::rt::instant();
         loop {
             // Apply every complete frame.
-            while rbuf.len() >= HEADER {
-                let start = i64::from_be_bytes(rbuf[..8].try_into().unwrap());
-                let size = i32::from_be_bytes(rbuf[8..12].try_into().unwrap());
-                if size < 0 || size as usize > MAX_FRAME {
-                    return format!("bad frame size {size}");
-                }
-                if rbuf.len() < HEADER + size as usize {
-                    break;
-                }
-                rbuf.advance(HEADER);
-                let body = rbuf.split_to(size as usize);
+            loop {
+                let (start, body) = match next_frame(&mut rbuf) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => return e,
+                };
                 if start == EPOCH_FRAME {
-                    match self.attach(&body).await {
-                        Ok(()) => attached = true,
-                        Err(e) => return format!("attaching failed: {e}"),
+                    let (epochs, give_back) = parse_epochs(&body);
+                    if let Err(e) = self.attach(epochs).await {
+                        return format!("attaching failed: {e}");
                     }
+                    attached = true;
                     reported = u64::MAX;
+                    if let Some(from) = give_back {
+                        if let Err(e) = self.give_back(&mut stream, from).await {
+                            return e;
+                        }
+                        // The master opens its next epoch and sends it.
+                        attached = false;
+                    }
                     continue;
                 }
                 if !attached {
                     return "master sent log bytes before its epochs".to_string();
                 }
-                if size > 0 {
+                if !body.is_empty() {
                     if let Err(e) = self.store.append_replica(start as u64, &body).await {
                         return format!("append at {start} failed: {e}");
                     }
@@ -388,14 +483,7 @@ impl Ha {
 
     /// Slave: the master's epochs arrived; cut whatever the master no longer has, then take
     /// its list as ours.
-    async fn attach(&self, body: &[u8]) -> Result<(), StoreError> {
-        let master: Vec<Epoch> = body
-            .chunks_exact(16)
-            .map(|c| Epoch {
-                epoch: u64::from_be_bytes(c[..8].try_into().unwrap()),
-                start_offset: u64::from_be_bytes(c[8..].try_into().unwrap()),
-            })
-            .collect();
+    async fn attach(&self, master: Vec<Epoch>) -> Result<(), StoreError> {
         let mine = self.epochs();
         let end = self.store.max_phys();
         let has_log = end > self.store.min_phys();
@@ -413,6 +501,91 @@ impl Ha {
         }
         Ok(())
     }
+
+    /// Slave: the master lost its tail past `from`; sends it the whole records this log holds
+    /// from there, then an empty frame.
+    async fn give_back(&self, stream: &mut TcpStream, from: u64) -> Result<(), String> {
+        let end = self.store.complete_phys();
+        let mut at = from;
+        let mut out = BytesMut::new();
+        while at < end {
+            let data = self
+                .store
+                .read_log(at, self.cfg.ha_transfer_batch_size)
+                .await
+                .map_err(|e| format!("reading the log at {at}: {e}"))?;
+            let data = data.slice(..data.len().min((end - at) as usize));
+            if data.is_empty() {
+                break;
+            }
+            out.clear();
+            out.put_u64(at);
+            out.put_i32(data.len() as i32);
+            out.extend_from_slice(&data);
+            write_all(stream, &out).await.map_err(|e| format!("write failed: {e}"))?;
+            at += data.len() as u64;
+        }
+        out.clear();
+        out.put_u64(at.max(from));
+        out.put_i32(0);
+        write_all(stream, &out).await.map_err(|e| format!("write failed: {e}"))?;
+        if at > from {
+            tracing::info!(from, to = at, "HA: gave the master back the log tail it lost");
+        }
+        Ok(())
+    }
+}
+
+fn push_epoch(epochs: &mut Vec<Epoch>, start_offset: u64) {
+    let e = Epoch { epoch: epochs.last().map_or(1, |e| e.epoch + 1), start_offset };
+    tracing::info!(epoch = e.epoch, start = e.start_offset, "HA: new epoch");
+    epochs.push(e);
+}
+
+/// The frame that opens a connection: the master's epochs, and when it asks for its lost tail
+/// back, the offset to give back from.
+fn epoch_frame(epochs: &[Epoch], give_back_from: Option<u64>) -> BytesMut {
+    let mut out = BytesMut::new();
+    out.put_i64(EPOCH_FRAME);
+    out.put_i32((epochs.len() * 16 + give_back_from.map_or(0, |_| 8)) as i32);
+    for e in epochs {
+        out.put_u64(e.epoch);
+        out.put_u64(e.start_offset);
+    }
+    if let Some(from) = give_back_from {
+        out.put_u64(from);
+    }
+    out
+}
+
+fn parse_epochs(body: &[u8]) -> (Vec<Epoch>, Option<u64>) {
+    let chunks = body.chunks_exact(16);
+    let rest = chunks.remainder();
+    let give_back = (rest.len() == 8).then(|| u64::from_be_bytes(rest.try_into().unwrap()));
+    let epochs = chunks
+        .map(|c| Epoch {
+            epoch: u64::from_be_bytes(c[..8].try_into().unwrap()),
+            start_offset: u64::from_be_bytes(c[8..].try_into().unwrap()),
+        })
+        .collect();
+    (epochs, give_back)
+}
+
+/// Splits one whole `i64 start, i32 size, bytes` frame off the buffer, if it holds one.
+fn next_frame(buf: &mut BytesMut) -> Result<Option<(i64, BytesMut)>, String> {
+    if buf.len() < HEADER {
+        return Ok(None);
+    }
+    let start = i64::from_be_bytes(buf[..8].try_into().unwrap());
+    let size = i32::from_be_bytes(buf[8..12].try_into().unwrap());
+    if size < 0 || size as usize > MAX_FRAME {
+        return Err(format!("bad frame size {size}"));
+    }
+    if buf.len() < HEADER + size as usize {
+        return Ok(None);
+    }
+    buf.advance(HEADER);
+    Ok(Some((start, buf.split_to(size as usize))))
 }
 
 fn epoch_path(cfg: &BrokerConfig) -> PathBuf {

@@ -377,10 +377,13 @@ impl BrokerController {
                 })
             })));
         }
-        tasks.push(match ha_listener {
-            Some(l) => crate::rt::spawn(ha.clone().serve(l)),
-            None => crate::rt::spawn(ha.clone().follow()),
-        });
+        match ha_listener {
+            Some(l) => {
+                tasks.push(crate::rt::spawn(ha.clone().reclaim_deadline()));
+                tasks.push(crate::rt::spawn(ha.clone().serve(l)));
+            }
+            None => tasks.push(crate::rt::spawn(ha.clone().follow())),
+        }
         tracing::info!(
             "The broker[{}, {}] boot success. serializeType=JSON and name server is {}",
             broker.cfg.broker_name,

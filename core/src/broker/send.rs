@@ -31,6 +31,12 @@ impl Broker {
         if self.is_slave() {
             return Err(service_not_available(req, "messages are not accepted by a SLAVE broker"));
         }
+        if self.ha.reclaiming() {
+            return Err(service_not_available(
+                req,
+                "this master did not stop cleanly and is taking back from its slave the log tail it lost",
+            ));
+        }
         if !perm::writeable(self.cfg.broker_permission) {
             return Err(req.error(
                 response::NO_PERMISSION,

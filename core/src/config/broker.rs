@@ -42,6 +42,9 @@ pub struct BrokerConfig {
     pub ha_slave_fallbehind_max: u64,
     /// How long a SYNC_MASTER send waits for its slave before FLUSH_SLAVE_TIMEOUT.
     pub slave_timeout_ms: u64,
+    /// Keel: how long a SYNC_MASTER that did not stop cleanly waits for a slave to give back
+    /// the log tail it lost, before it takes sends again (`haReclaimTimeout`).
+    pub ha_reclaim_timeout_ms: u64,
     pub slave_read_enable: bool,
     pub store: StoreConfig,
 }
@@ -72,6 +75,7 @@ impl Default for BrokerConfig {
             ha_transfer_batch_size: 32 * 1024,
             ha_slave_fallbehind_max: 256 * 1024 * 1024,
             slave_timeout_ms: 3_000,
+            ha_reclaim_timeout_ms: 15_000,
             slave_read_enable: false,
             store: StoreConfig::default(),
         }
@@ -103,6 +107,7 @@ const BROKER_KEYS: &[&str] = &[
     "haTransferBatchSize",
     "haSlaveFallbehindMax",
     "slaveTimeout",
+    "haReclaimTimeout",
     "slaveReadEnable",
 ];
 
@@ -188,6 +193,7 @@ impl BrokerConfig {
             "haTransferBatchSize" => self.ha_transfer_batch_size = parse_num(key, value, 1024, 64 << 20)? as usize,
             "haSlaveFallbehindMax" => self.ha_slave_fallbehind_max = parse_num(key, value, 0, u64::MAX)?,
             "slaveTimeout" => self.slave_timeout_ms = parse_num(key, value, 1, 3_600_000)?,
+            "haReclaimTimeout" => self.ha_reclaim_timeout_ms = parse_num(key, value, 0, 3_600_000)?,
             "slaveReadEnable" => self.slave_read_enable = parse_bool(key, value)?,
             k if ACCEPTED_KEYS.contains(&k) => {}
             _ => return self.store.set(key, value),
@@ -287,6 +293,7 @@ impl BrokerConfig {
                 ("haTransferBatchSize", self.ha_transfer_batch_size.to_string()),
                 ("haSlaveFallbehindMax", self.ha_slave_fallbehind_max.to_string()),
                 ("slaveTimeout", self.slave_timeout_ms.to_string()),
+                ("haReclaimTimeout", self.ha_reclaim_timeout_ms.to_string()),
                 ("slaveReadEnable", self.slave_read_enable.to_string()),
                 ("mappedFileSizeCommitLog", s.mapped_file_size_commit_log.to_string()),
                 ("mappedFileSizeConsumeQueue", s.mapped_file_size_consume_queue.to_string()),

@@ -18,6 +18,11 @@ impl MessageStore {
         self.inner.commitlog.flushed()
     }
 
+    /// End of the last complete record (a replica's log may end inside one).
+    pub fn complete_phys(&self) -> u64 {
+        self.inner.dispatched.load(Ordering::Acquire)
+    }
+
     pub fn min_phys(&self) -> u64 {
         self.inner.commitlog.min_offset()
     }
@@ -39,8 +44,9 @@ impl MessageStore {
         self.inner.commitlog.read(from, len).await
     }
 
-    /// A slave's append: `data` from the master goes verbatim at `at` (this log's end; or a
-    /// segment base if this log is empty), then every record it completes is dispatched to
+    /// A replica's append: `data` goes verbatim at `at` (this log's end; or a segment base if
+    /// this log is empty) — a slave's copy of its master's bytes, or a master taking back from
+    /// its slave the tail it lost — then every record it completes is dispatched to
     /// consume queues and index, and parked pulls are woken.
     pub async fn append_replica(&self, at: u64, data: &[u8]) -> Result<(), StoreError> {
         let inner = &self.inner;
