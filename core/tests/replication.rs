@@ -1,17 +1,20 @@
 //! Master/slave replication on real tokio over 127.0.0.1: a SYNC_MASTER answers
 //! SLAVE_NOT_AVAILABLE without a slave, SEND_OK once its slave (which finds the master's HA
 //! address through the name server) confirms; the slave's commitlog is byte-identical and it
-//! builds its own consume queues.
+//! builds its own consume queues. With slave reads on, consumers read from the slave while
+//! the master is gone, commit offsets there, and go back to the master without receiving
+//! anything twice.
 
 mod common;
 
 use keel_core::broker::BrokerController;
-use keel_core::client::{ClientConfig, Message, Producer, SendStatus};
+use keel_core::client::{ClientConfig, ConsumeFromWhere, ConsumeResult, Message, Producer, PushConsumer, SendStatus};
 use keel_core::config::broker::{BrokerConfig, BrokerRole};
 use keel_core::namesrv::{NameServer, NamesrvConfig};
 use keel_core::rt::disk::Disk;
 use keel_core::store::meta::TopicConfig;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn broker_config(role: BrokerRole, id: u64, namesrv: &str, root: &Path) -> BrokerConfig {
@@ -85,4 +88,80 @@ async fn sync_master_waits_for_its_slave_whose_log_is_byte_identical() {
     assert_eq!(r.status, SendStatus::SlaveNotAvailable);
     producer.shutdown().await;
     master.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_read_from_the_slave_while_the_master_is_gone_and_return_without_duplicates() {
+    common::init_logs();
+    let ns =
+        NameServer::start(NamesrvConfig { listen_addr: "127.0.0.1:0".into(), ..Default::default() }).await.unwrap();
+    let nsaddr = ns.local_addr().to_string();
+    let (dir_m, dir_s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg = |role, id, dir: &Path| {
+        let mut c = broker_config(role, id, &nsaddr, dir);
+        c.slave_read_enable = true;
+        c.register_name_server_period_ms = 1_000;
+        c
+    };
+    let master = BrokerController::start(cfg(BrokerRole::SyncMaster, 0, dir_m.path()), Disk::Real).await.unwrap();
+    let admin = keel_core::client::Admin::new(ClientConfig::new(&nsaddr));
+    let tc =
+        TopicConfig { topic_name: "TopicSR".into(), read_queue_nums: 4, write_queue_nums: 4, ..Default::default() };
+    admin.create_topic(master.addr(), &tc).await.unwrap();
+    let slave = BrokerController::start(cfg(BrokerRole::Slave, 1, dir_s.path()), Disk::Real).await.unwrap();
+    let ha = master.broker.ha.clone();
+    wait_until("the slave to attach", || ha.slaves_connected() == 1).await;
+    // The slave copies the master's topics (3 s after start, then every 10 s).
+    let sb = slave.broker.clone();
+    wait_until("the slave to learn the topic", || sb.topics.get("TopicSR").is_some()).await;
+
+    let producer = Producer::start("PG", ClientConfig::new(&nsaddr)).await.unwrap();
+    for i in 0..100 {
+        let r = producer.send(&Message::new("TopicSR", format!("first-{i}"))).await.unwrap();
+        assert_eq!(r.status, SendStatus::SendOk, "message {i}");
+    }
+    // The master leaves (and unregisters): only its slave is left in the route.
+    master.shutdown().await.unwrap();
+
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut ccfg = ClientConfig::new(&nsaddr);
+    ccfg.poll_name_server_interval = Duration::from_millis(500);
+    ccfg.persist_consumer_offset_interval = Duration::from_millis(500);
+    let s2 = seen.clone();
+    let consumer = PushConsumer::builder("CG", ccfg)
+        .subscribe("TopicSR", "*")
+        .consume_from(ConsumeFromWhere::FirstOffset)
+        .start(Arc::new(move |msgs, _| {
+            s2.lock().unwrap().extend(msgs.iter().map(|m| String::from_utf8_lossy(&m.inner.body).into_owned()));
+            ConsumeResult::Success
+        }))
+        .await
+        .unwrap();
+    wait_until("100 messages from the slave", || seen.lock().unwrap().len() >= 100).await;
+    // Offsets were committed to the slave.
+    let committed =
+        |b: &keel_core::broker::Broker| (0..4).map(|q| b.offsets.query("CG", "TopicSR", q).unwrap_or(0)).sum::<i64>();
+    wait_until("offsets committed on the slave", || committed(&sb) == 100).await;
+
+    // The master comes back (on a new port; the slave follows it there).
+    let master = BrokerController::start(cfg(BrokerRole::SyncMaster, 0, dir_m.path()), Disk::Real).await.unwrap();
+    let ha = master.broker.ha.clone();
+    wait_until("the slave to attach again", || ha.slaves_connected() == 1).await;
+    for i in 0..100 {
+        let r = producer.send(&Message::new("TopicSR", format!("second-{i}"))).await.unwrap();
+        assert_eq!(r.status, SendStatus::SendOk, "message {i}");
+    }
+    wait_until("all 200 messages", || seen.lock().unwrap().len() >= 200).await;
+    // Back on the master: it serves the pulls and takes the commits.
+    let mb = master.broker.clone();
+    wait_until("offsets committed on the master", || committed(&mb) == 200).await;
+    assert!(mb.stats.get_total.load(std::sync::atomic::Ordering::Relaxed) >= 1, "the master served no pull");
+    consumer.shutdown().await;
+    let seen = seen.lock().unwrap().clone();
+    let unique: std::collections::BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), 200, "lost messages");
+    assert_eq!(seen.len(), 200, "{} messages delivered twice", seen.len() - unique.len());
+    producer.shutdown().await;
+    master.shutdown().await.unwrap();
+    slave.shutdown().await.unwrap();
 }

@@ -80,6 +80,8 @@ pub struct Ha {
     grown: Notify,
     /// Slave: the master's HA address (configured, or learnt from the name server).
     master: Mutex<Option<String>>,
+    /// Slave: attached to its master right now.
+    linked: AtomicBool,
     /// Master: still to take back from a slave the tail a crash may have cost it.
     reclaiming: AtomicBool,
     /// Master: one connection at a time takes back; the deadline waits for it.
@@ -116,6 +118,7 @@ impl Ha {
             slaves: AtomicUsize::new(0),
             grown: Notify::new(),
             master: Mutex::new(cfg.ha_master_address.clone()),
+            linked: AtomicBool::new(false),
             reclaiming: AtomicBool::new(reclaiming),
             reclaim: AsyncMutex::new(()),
             stop,
@@ -182,6 +185,11 @@ impl Ha {
     /// Slave: whether it knows where its master's HA listener is.
     pub fn knows_master(&self) -> bool {
         self.master.lock().unwrap().is_some()
+    }
+
+    /// Slave: whether it is attached to its master (so the master is up).
+    pub fn master_linked(&self) -> bool {
+        self.linked.load(Ordering::Acquire)
     }
 
     pub fn slaves_connected(&self) -> usize {
@@ -362,6 +370,7 @@ impl Ha {
             while let Some((start, body)) = next_frame(&mut rbuf)? {
                 let end = self.store.max_phys();
                 if body.is_empty() {
+                    self.store.raise_recovered_ends();
                     tracing::info!(from, to = end, bytes = end - from, "HA: took back the log tail from the slave");
                     return Ok(());
                 }
@@ -394,6 +403,7 @@ impl Ha {
                         Ok(stream) => {
                             let _ = stream.set_nodelay(true);
                             let reason = self.clone().replicate(stream).await;
+                            self.linked.store(false, Ordering::Release);
                             tracing::info!(master = %addr, "HA: connection to master closed: {reason}");
                         }
                         Err(e) => tracing::debug!(master = %addr, error = %e, "HA: connect to master failed"),
@@ -437,6 +447,7 @@ impl Ha {
                     }
                     attached = true;
                     reported = u64::MAX;
+                    self.linked.store(give_back.is_none(), Ordering::Release);
                     if let Some(from) = give_back {
                         if let Err(e) = self.give_back(&mut stream, from).await {
                             return e;

@@ -109,6 +109,8 @@ pub struct Broker {
     pub ha: Arc<ha::Ha>,
     namesrv: RemotingClient,
     namesrv_addrs: Mutex<Vec<String>>,
+    /// Slave: its master's broker address, from the name server's answer to registering.
+    master_addr: Mutex<Option<String>>,
     boot_ms: u64,
     shutting_down: AtomicBool,
 }
@@ -156,6 +158,9 @@ impl Broker {
                         if let Some(ha) = r.get("haServerAddr").filter(|a| !a.is_empty()) {
                             self.ha.learn_master(ha);
                         }
+                        if let Some(m) = r.get("masterAddr").filter(|a| !a.is_empty() && self.is_slave()) {
+                            *self.master_addr.lock().unwrap() = Some(m.to_string());
+                        }
                     }
                     Ok(r) => {
                         tracing::warn!(namesrv = %addr, code = r.code, remark = ?r.remark, "register broker refused")
@@ -165,6 +170,60 @@ impl Broker {
             }
         });
         futures_util::future::join_all(calls).await;
+    }
+
+    /// Slave: copies topics, subscription groups and consumer offsets from its master.
+    async fn sync_from_master(self: &Arc<Self>) {
+        let Some(master) = self.master_addr.lock().unwrap().clone() else { return };
+        let timeout = Duration::from_secs(3);
+        let fetch = |code: i32| {
+            let client = self.namesrv.clone();
+            let master = master.clone();
+            async move {
+                match client.invoke(&master, RemotingCommand::request(code, Default::default()), timeout).await {
+                    Ok(r) if r.code == response::SUCCESS => Some(r.body),
+                    Ok(r) => {
+                        tracing::warn!(master = %master, code, answer = r.code, remark = ?r.remark, "slave sync refused");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::debug!(master = %master, code, error = %e, "slave sync failed");
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(b) = fetch(request::GET_ALL_TOPIC_CONFIG).await {
+            match body::decode(&b) {
+                Ok(t) => {
+                    if self.topics.replace_from_master(t) {
+                        tracing::info!(master = %master, "slave: took the master's topic config");
+                        if let Err(e) = self.topics.persist(self.disk()).await {
+                            tracing::error!(error = %e, "persisting topics failed");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(master = %master, error = %e, "slave sync: bad topic config body"),
+            }
+        }
+        if let Some(b) = fetch(request::GET_ALL_CONSUMER_OFFSET).await {
+            match body::decode(&b) {
+                Ok(t) => self.offsets.put_all(t),
+                Err(e) => tracing::warn!(master = %master, error = %e, "slave sync: bad consumer offset body"),
+            }
+        }
+        if let Some(b) = fetch(request::GET_ALL_SUBSCRIPTIONGROUP_CONFIG).await {
+            match body::decode(&b) {
+                Ok(t) => {
+                    if self.groups.replace_from_master(t) {
+                        if let Err(e) = self.groups.persist(self.disk()).await {
+                            tracing::error!(error = %e, "persisting subscription groups failed");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(master = %master, error = %e, "slave sync: bad subscription group body"),
+            }
+        }
     }
 
     async fn unregister_all(&self) {
@@ -311,6 +370,7 @@ impl BrokerController {
             ha: ha.clone(),
             addr: cfg.broker_addr(),
             namesrv_addrs: Mutex::new(split_addrs(cfg.namesrv_addr.as_deref().unwrap_or(""))),
+            master_addr: Mutex::new(None),
             cfg,
             store,
             topics,
@@ -367,6 +427,11 @@ impl BrokerController {
             })),
         ];
         if broker.is_slave() {
+            // RocketMQ's SlaveSynchronize: topics, subscription groups and consumer offsets
+            // from the master 3 s after start, then every 10 s.
+            tasks.push(crate::rt::spawn(periodic_from(broker.clone(), 3_000, 10_000, |b| {
+                Box::pin(async move { b.sync_from_master().await })
+            })));
             // A slave that booted before its master learns the master's HA address from the
             // name server's answer: ask every 2 s until it knows (not only every 30 s).
             tasks.push(crate::rt::spawn(periodic(broker.clone(), 2_000, |b| {
@@ -435,8 +500,13 @@ impl BrokerController {
 }
 
 async fn periodic(b: Arc<Broker>, every_ms: u64, f: fn(Arc<Broker>) -> BoxFuture<()>) {
+    periodic_from(b, every_ms, every_ms, f).await
+}
+
+/// `f` first after `first_ms`, then every `every_ms`, until shutdown.
+async fn periodic_from(b: Arc<Broker>, first_ms: u64, every_ms: u64, f: fn(Arc<Broker>) -> BoxFuture<()>) {
+    crate::rt::time::sleep(Duration::from_millis(first_ms)).await;
     let mut tick = crate::rt::time::interval(Duration::from_millis(every_ms.max(1)));
-    tick.tick().await;
     loop {
         tick.tick().await;
         if b.shutting_down.load(Ordering::Acquire) {

@@ -10,6 +10,7 @@ use crate::protocol::body::SubscriptionData;
 use crate::protocol::code::{perm, pull_flag, response};
 use crate::protocol::header::PullMessageHeader;
 use crate::protocol::RemotingCommand;
+use crate::store::meta::SubscriptionGroupConfig;
 use crate::store::{GetResult, GetStatus};
 use bytes::BytesMut;
 use std::sync::atomic::Ordering;
@@ -45,6 +46,15 @@ impl Broker {
             Ok(h) => h,
             Err(e) => return req.error(response::SYSTEM_ERROR, e.to_string()),
         };
+        if self.is_slave() && !self.cfg.slave_read_enable {
+            return req.error(
+                response::SYSTEM_BUSY,
+                format!(
+                    "[REJECTREQUEST]the slave broker[{}] does not serve pulls (slaveReadEnable=false)",
+                    self.cfg.broker_name
+                ),
+            );
+        }
         if !perm::readable(self.cfg.broker_permission) {
             return req.error(
                 response::NO_PERMISSION,
@@ -150,7 +160,9 @@ impl Broker {
                 _ = crate::rt::time::sleep_until(deadline) => {}
             }
         };
-        self.pull_response(req, &h, got)
+        // A slave whose master is up sends its consumers back there.
+        let back_to_master = self.is_slave() && self.ha.master_linked();
+        self.pull_response(req, &h, &group, got, back_to_master)
     }
 
     /// After a crash recovery, offsets past a queue's recovered end may have been given to
@@ -165,10 +177,33 @@ impl Broker {
         (first && h.queue_offset > end as i64).then_some(end)
     }
 
-    fn pull_response(&self, req: &RemotingCommand, h: &PullMessageHeader, got: GetResult) -> RemotingCommand {
-        let (code, remark) = status_code(got.status, h.queue_offset);
+    fn pull_response(
+        &self,
+        req: &RemotingCommand,
+        h: &PullMessageHeader,
+        group: &SubscriptionGroupConfig,
+        got: GetResult,
+        back_to_master: bool,
+    ) -> RemotingCommand {
+        let (mut code, remark) = status_code(got.status, h.queue_offset);
+        // RocketMQ's suggestWhichBrokerId: with slave reads on, the group's broker, or its
+        // slave for a consumer so far behind that its reads would leave the page cache.
+        let mut suggest = 0;
+        if self.cfg.slave_read_enable {
+            let far_behind = got.messages.last().is_some_and(|m| {
+                let behind = self.store.max_phys().saturating_sub(m.phys_offset);
+                behind > self.cfg.total_physical_memory / 100 * self.cfg.access_message_in_memory_max_ratio
+            });
+            suggest = if far_behind { group.which_broker_when_consume_slowly } else { group.broker_id };
+            if back_to_master && !far_behind {
+                suggest = 0;
+                if code != response::SUCCESS {
+                    code = response::PULL_RETRY_IMMEDIATELY;
+                }
+            }
+        }
         let mut resp = req.response(code, Some(remark.to_string()));
-        resp.set("suggestWhichBrokerId", 0);
+        resp.set("suggestWhichBrokerId", suggest);
         resp.set("nextBeginOffset", got.next_begin_offset);
         resp.set("minOffset", got.min_offset);
         resp.set("maxOffset", got.max_offset);

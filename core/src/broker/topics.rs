@@ -87,6 +87,16 @@ impl TopicManager {
         true
     }
 
+    /// A slave takes its master's table whole when its version differs; true if it did.
+    pub fn replace_from_master(&self, master: TopicConfigTable) -> bool {
+        let mut t = self.table.lock().unwrap();
+        if t.data_version == master.data_version {
+            return false;
+        }
+        *t = master;
+        true
+    }
+
     /// A snapshot of every topic and the version, for registration and GET_ALL_TOPIC_CONFIG.
     pub fn snapshot(&self) -> TopicConfigTable {
         self.table.lock().unwrap().clone()
@@ -135,6 +145,16 @@ impl GroupManager {
         t.data_version.next_version(crate::rt::now_ms() as i64);
     }
 
+    /// A slave takes its master's table whole when its version differs; true if it did.
+    pub fn replace_from_master(&self, master: SubscriptionGroupTable) -> bool {
+        let mut t = self.table.lock().unwrap();
+        if t.data_version == master.data_version {
+            return false;
+        }
+        *t = master;
+        true
+    }
+
     pub fn snapshot(&self) -> SubscriptionGroupTable {
         self.table.lock().unwrap().clone()
     }
@@ -166,6 +186,16 @@ impl OffsetManager {
     pub fn commit(&self, group: &str, topic: &str, queue_id: i32, offset: i64) {
         let mut t = self.table.lock().unwrap();
         t.offset_table.entry(Self::key(topic, group)).or_default().insert(queue_id, offset);
+        self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A slave takes its master's offsets over its own, queue by queue (RocketMQ's putAll
+    /// of whole `topic@group` entries would drop queues only the slave has seen committed).
+    pub fn put_all(&self, master: ConsumerOffsetTable) {
+        let mut t = self.table.lock().unwrap();
+        for (key, queues) in master.offset_table {
+            t.offset_table.entry(key).or_default().extend(queues);
+        }
         self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 

@@ -16,7 +16,7 @@ use crate::protocol::message::{decode_records, MessageExt, PROPERTY_RETRY_TOPIC,
 use crate::protocol::RemotingCommand;
 use crate::rt::sync::{Mutex as AsyncMutex, Notify};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -190,6 +190,8 @@ struct QueueState {
     offset: AtomicI64,
     /// Last offset committed to the broker (or written locally).
     committed: AtomicI64,
+    /// The broker id (in the queue's broker group) the last pull answer suggested.
+    suggested: AtomicU64,
     stop: Notify,
     stopped: AtomicBool,
 }
@@ -335,6 +337,7 @@ impl PushConsumer {
                 let state = Arc::new(QueueState {
                     offset: AtomicI64::new(offset),
                     committed: AtomicI64::new(offset),
+                    suggested: AtomicU64::new(0),
                     stop: Notify::new(),
                     stopped: AtomicBool::new(false),
                 });
@@ -354,10 +357,10 @@ impl PushConsumer {
     }
 
     async fn broker_call(&self, mq: &MessageQueue, cmd: RemotingCommand) -> Result<RemotingCommand, ClientError> {
-        let addr = self
+        let (addr, _) = self
             .instance
-            .master_addr(&mq.broker_name)
-            .ok_or_else(|| ClientError::Other(format!("no master for {}", mq.broker_name)))?;
+            .broker_in_subscribe(&mq.broker_name, 0)
+            .ok_or_else(|| ClientError::Other(format!("no broker for {}", mq.broker_name)))?;
         Ok(self.instance.remoting.invoke(&addr, cmd, self.instance.cfg.api_timeout).await?)
     }
 
@@ -448,8 +451,8 @@ impl PushConsumer {
         let ok = if sync {
             matches!(self.broker_call(mq, cmd).await, Ok(r) if r.code == response::SUCCESS)
         } else {
-            match self.instance.master_addr(&mq.broker_name) {
-                Some(addr) => self.instance.remoting.invoke_oneway(&addr, cmd).await.is_ok(),
+            match self.instance.broker_in_subscribe(&mq.broker_name, 0) {
+                Some((addr, _)) => self.instance.remoting.invoke_oneway(&addr, cmd).await.is_ok(),
                 None => false,
             }
         };
@@ -574,7 +577,9 @@ async fn pull_loop(c: Arc<PushConsumer>, mq: MessageQueue, st: Arc<QueueState>) 
         }
     };
     while !st.stopped.load(Ordering::Acquire) {
-        let Some(addr) = c.instance.master_addr(&mq.broker_name) else {
+        // The suggested broker of the group, else any (the slave while the master is gone).
+        let Some((addr, slave)) = c.instance.broker_in_subscribe(&mq.broker_name, st.suggested.load(Ordering::Acquire))
+        else {
             if pause(retry_delay).await {
                 return;
             }
@@ -583,7 +588,8 @@ async fn pull_loop(c: Arc<PushConsumer>, mq: MessageQueue, st: Arc<QueueState>) 
         let offset = st.offset.load(Ordering::Acquire);
         let clustering = c.model == MessageModel::Clustering;
         let mut flag = pull_flag::SUSPEND | pull_flag::SUBSCRIPTION;
-        if clustering && offset > 0 {
+        // A slave does not store offsets that come with pulls.
+        if clustering && offset > 0 && !slave {
             flag |= pull_flag::COMMIT_OFFSET;
         }
         let h = PullMessageHeader {
@@ -593,7 +599,7 @@ async fn pull_loop(c: Arc<PushConsumer>, mq: MessageQueue, st: Arc<QueueState>) 
             queue_offset: offset,
             max_msg_nums: c.pull_batch_size,
             sys_flag: flag,
-            commit_offset: if clustering { offset } else { 0 },
+            commit_offset: if flag & pull_flag::COMMIT_OFFSET != 0 { offset } else { 0 },
             suspend_timeout_millis: c.suspend.as_millis() as i64,
             subscription: Some(sub.sub_string.clone()),
             sub_version: sub.sub_version,
@@ -620,6 +626,9 @@ async fn pull_loop(c: Arc<PushConsumer>, mq: MessageQueue, st: Arc<QueueState>) 
             }
         };
         let next: Option<i64> = r.get("nextBeginOffset").and_then(|o| o.parse().ok());
+        if let Some(id) = r.get("suggestWhichBrokerId").and_then(|o| o.parse().ok()) {
+            st.suggested.store(id, Ordering::Release);
+        }
         match r.code {
             response::SUCCESS => {
                 let msgs = match decode_records(&r.body) {

@@ -172,6 +172,14 @@ impl Instance {
         t
     }
 
+    /// RocketMQ's `findBrokerAddressInSubscribe`: the address of broker `id` of the group,
+    /// else of any broker of it (lowest id first); with whether it is a slave.
+    pub fn broker_in_subscribe(&self, broker_name: &str, id: u64) -> Option<(String, bool)> {
+        let table = self.broker_table();
+        let ids = table.get(broker_name)?;
+        ids.get(&id).map(|a| (a.clone(), id != 0)).or_else(|| ids.iter().next().map(|(i, a)| (a.clone(), *i != 0)))
+    }
+
     pub fn master_addr(&self, broker_name: &str) -> Option<String> {
         self.broker_table().get(broker_name).and_then(|a| a.get(&0).cloned())
     }

@@ -46,6 +46,11 @@ pub struct BrokerConfig {
     /// the log tail it lost, before it takes sends again (`haReclaimTimeout`).
     pub ha_reclaim_timeout_ms: u64,
     pub slave_read_enable: bool,
+    /// A consumer more than this share of the machine's memory behind the log's end is told
+    /// to read from a slave (`suggestWhichBrokerId`), when slave reads are on.
+    pub access_message_in_memory_max_ratio: u64,
+    /// The machine's physical memory in bytes (the binary reads it at start).
+    pub total_physical_memory: u64,
     pub store: StoreConfig,
 }
 
@@ -77,6 +82,8 @@ impl Default for BrokerConfig {
             slave_timeout_ms: 3_000,
             ha_reclaim_timeout_ms: 15_000,
             slave_read_enable: false,
+            access_message_in_memory_max_ratio: 40,
+            total_physical_memory: 8 << 30,
             store: StoreConfig::default(),
         }
     }
@@ -109,6 +116,7 @@ const BROKER_KEYS: &[&str] = &[
     "slaveTimeout",
     "haReclaimTimeout",
     "slaveReadEnable",
+    "accessMessageInMemoryMaxRatio",
 ];
 
 /// RocketMQ keys Keel accepts and has nothing to do for (thread pools and the like sized for
@@ -195,6 +203,7 @@ impl BrokerConfig {
             "slaveTimeout" => self.slave_timeout_ms = parse_num(key, value, 1, 3_600_000)?,
             "haReclaimTimeout" => self.ha_reclaim_timeout_ms = parse_num(key, value, 0, 3_600_000)?,
             "slaveReadEnable" => self.slave_read_enable = parse_bool(key, value)?,
+            "accessMessageInMemoryMaxRatio" => self.access_message_in_memory_max_ratio = parse_num(key, value, 0, 100)?,
             k if ACCEPTED_KEYS.contains(&k) => {}
             _ => return self.store.set(key, value),
         }
@@ -295,6 +304,7 @@ impl BrokerConfig {
                 ("slaveTimeout", self.slave_timeout_ms.to_string()),
                 ("haReclaimTimeout", self.ha_reclaim_timeout_ms.to_string()),
                 ("slaveReadEnable", self.slave_read_enable.to_string()),
+                ("accessMessageInMemoryMaxRatio", self.access_message_in_memory_max_ratio.to_string()),
                 ("mappedFileSizeCommitLog", s.mapped_file_size_commit_log.to_string()),
                 ("mappedFileSizeConsumeQueue", s.mapped_file_size_consume_queue.to_string()),
                 ("flushIntervalCommitLog", s.flush_interval_commit_log_ms.to_string()),

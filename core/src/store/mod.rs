@@ -158,7 +158,7 @@ pub(crate) struct Inner {
     arrival: std::sync::OnceLock<ArrivalListener>,
     /// After a recovery that was not clean: each queue's end as recovered. Offsets past it
     /// may have been handed out before the crash and lost with an unsynced tail.
-    recovered_ends: std::sync::OnceLock<BTreeMap<(String, i32), u64>>,
+    recovered_ends: std::sync::Mutex<Option<BTreeMap<(String, i32), u64>>>,
 }
 
 /// Called with (topic, queue id, new max offset) after each consume-queue entry is written.
@@ -560,16 +560,28 @@ impl MessageStore {
         Ok(out)
     }
 
-    /// After a recovery that was not clean, the queue's end as recovered (offsets past it may
-    /// have been given to messages lost with an unsynced tail, and are being given again).
     /// Whether the last open found a clean shutdown (nothing was lost or cut).
     pub fn recovered_cleanly(&self) -> bool {
-        self.inner.recovered_ends.get().is_none()
+        self.inner.recovered_ends.lock().unwrap().is_none()
     }
 
+    /// After a recovery that was not clean, the queue's end as recovered (offsets past it may
+    /// have been given to messages lost with an unsynced tail, and are being given again).
     pub fn recovered_end(&self, topic: &str, queue_id: i32) -> Option<u64> {
-        let ends = self.inner.recovered_ends.get()?;
-        Some(ends.get(&(topic.to_string(), queue_id)).copied().unwrap_or(0))
+        let ends = self.inner.recovered_ends.lock().unwrap();
+        Some(ends.as_ref()?.get(&(topic.to_string(), queue_id)).copied().unwrap_or(0))
+    }
+
+    /// The recovered ends become the queues' current ends: a master took back from its slave
+    /// the tail it lost, so offsets up to here name the same messages as before the crash.
+    pub fn raise_recovered_ends(&self) {
+        let mut ends = self.inner.recovered_ends.lock().unwrap();
+        if let Some(ends) = ends.as_mut() {
+            for q in self.inner.queues.read().unwrap().all() {
+                let e = ends.entry((q.topic.clone(), q.queue_id)).or_default();
+                *e = (*e).max(q.max_offset());
+            }
+        }
     }
 
     pub fn max_offset(&self, topic: &str, queue_id: i32) -> u64 {

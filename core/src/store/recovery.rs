@@ -61,7 +61,7 @@ pub(super) async fn open(cfg: StoreConfig, disk: Disk) -> Result<MessageStore, S
             checkpoint_lock: Mutex::new(()),
             tasks: std::sync::Mutex::new(Vec::new()),
             arrival: std::sync::OnceLock::new(),
-            recovered_ends: std::sync::OnceLock::new(),
+            recovered_ends: std::sync::Mutex::new(None),
         }),
     };
     store.recover(crashed, ckpt).await?;
@@ -92,7 +92,7 @@ impl MessageStore {
         let Some(&first) = bases.first() else {
             if crashed {
                 // Nothing survived: every queue starts again from 0.
-                let _ = inner.recovered_ends.set(BTreeMap::new());
+                *inner.recovered_ends.lock().unwrap() = Some(BTreeMap::new());
             }
             return self.recover_empty().await;
         };
@@ -144,7 +144,7 @@ impl MessageStore {
                 .iter()
                 .map(|q| ((q.topic.clone(), q.queue_id), q.max_offset()))
                 .collect();
-            let _ = inner.recovered_ends.set(ends);
+            *inner.recovered_ends.lock().unwrap() = Some(ends);
         }
         self.checkpoint().await?;
         tracing::info!(min = cl.min_offset(), max = end, "store recovered");
