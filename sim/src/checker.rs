@@ -8,6 +8,9 @@
 //! - `lost`: SEND_OK, never delivered, and not explained by a power loss of unsynced bytes;
 //! - `lost_unsynced`: SEND_OK, never delivered, and its bytes were not durable when its
 //!   broker lost power (the loss the ASYNC_FLUSH mode allows), listed one by one;
+//! - `lost_unreplicated`: SEND_OK, never delivered, and only its master held it (its slave
+//!   had not copied it yet) when the master was killed for good (the loss ASYNC_MASTER
+//!   allows), listed one by one;
 //! - `lost_corrupt`: SEND_OK, never delivered, and a bit flip hit its commitlog record (the
 //!   store never serves a record that fails its CRC), listed one by one;
 //! - `recovered`: an indeterminate send (failed, timed out, no answer, or a non-OK status)
@@ -73,6 +76,8 @@ pub struct History {
     pub records: Vec<Record>,
     /// Acked messages whose bytes were not durable when their broker lost power, with why.
     pub unsynced: BTreeMap<String, String>,
+    /// Acked messages not yet on any slave when their master was killed for good, with why.
+    pub unreplicated: BTreeMap<String, String>,
     /// Acked messages whose commitlog record was corrupted on the media (a bit flip), with
     /// where: the store refuses to serve them, so they are lost, and reported apart.
     pub corrupt: BTreeMap<String, String>,
@@ -148,12 +153,13 @@ pub struct Report {
 /// unless the scenario bounds them. `unexpected` and `inconsistent` are always 0.
 const STRICT: [&str; 4] = ["lost", "order", "offsets_back", "late"];
 const ALWAYS_ZERO: [&str; 2] = ["unexpected", "inconsistent"];
-pub const ORDER: [&str; 18] = [
+pub const ORDER: [&str; 19] = [
     "sent",
     "acked",
     "delivered",
     "lost",
     "lost_unsynced",
+    "lost_unreplicated",
     "lost_corrupt",
     "recovered",
     "indeterminate",
@@ -189,6 +195,7 @@ impl Report {
         let set = match key {
             "lost" => expect.lost,
             "lost_unsynced" => expect.lost_unsynced,
+            "lost_unreplicated" => expect.lost_unreplicated,
             "lost_corrupt" => expect.lost_corrupt,
             "recovered" => expect.recovered,
             "indeterminate" => expect.indeterminate,
@@ -369,11 +376,17 @@ pub fn check(h: &History, liveness_ms: u64) -> Report {
             _ => format!("{id} (no answer)"),
         };
         match (send_ok, d.is_empty()) {
-            (true, true) => match (h.unsynced.get(*id), h.corrupt.get(*id)) {
-                (Some(why), _) => r.add("lost_unsynced", || format!("{} {why}", describe())),
-                (None, Some(why)) => r.add("lost_corrupt", || format!("{} {why}", describe())),
-                (None, None) => r.add("lost", describe),
-            },
+            (true, true) => {
+                if let Some(why) = h.unsynced.get(*id) {
+                    r.add("lost_unsynced", || format!("{} {why}", describe()))
+                } else if let Some(why) = h.unreplicated.get(*id) {
+                    r.add("lost_unreplicated", || format!("{} {why}", describe()))
+                } else if let Some(why) = h.corrupt.get(*id) {
+                    r.add("lost_corrupt", || format!("{} {why}", describe()))
+                } else {
+                    r.add("lost", describe)
+                }
+            }
             (false, false) => r.add("recovered", describe),
             (false, true) => r.add("indeterminate", describe),
             (true, false) => {}
@@ -466,6 +479,20 @@ mod tests {
         assert_eq!(r.get("offsets_back"), 1);
         let v = r.violations(&Expect::default());
         assert!(v.iter().any(|s| s.starts_with("lost = 1") && s.contains("m3")), "{v:?}");
+    }
+
+    #[test]
+    fn a_message_only_a_killed_master_held_is_lost_unreplicated() {
+        let mut h = History::default();
+        ok(&mut h, 10, "m1", 0, 0);
+        ok(&mut h, 20, "m2", 0, 1);
+        deliver(&mut h, 50, "consumer-1", "m1", 0, 0);
+        h.unreplicated.insert("m2".into(), "not on broker-a-s".into());
+        let r = check(&h, 1000);
+        assert_eq!((r.get("lost"), r.get("lost_unreplicated")), (0, 1));
+        let expect = Expect { lost_unreplicated: Some(Bound::Exactly(0)), ..Expect::default() };
+        let v = r.violations(&expect);
+        assert!(v.iter().any(|s| s.starts_with("lost_unreplicated = 1") && s.contains("broker-a-s")), "{v:?}");
     }
 
     #[test]

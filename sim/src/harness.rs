@@ -10,7 +10,7 @@ use keel_core::client::{
     Admin, ClientConfig, ClientError, CommitHook, ConsumeFromWhere, ConsumeResult, Listener, Message, Producer,
     PushConsumer, SendStatus,
 };
-use keel_core::config::broker::BrokerConfig;
+use keel_core::config::broker::{BrokerConfig, BrokerRole};
 use keel_core::namesrv::{NameServer, NamesrvConfig};
 use keel_core::protocol::message::decode_offset_msg_id;
 use keel_core::remoting::RemotingError;
@@ -48,8 +48,19 @@ struct Shared {
     /// Brokers whose boot failed (restarted at heal).
     boot_failed: Mutex<BTreeSet<String>>,
     losses: Mutex<Vec<PowerLoss>>,
+    /// Masters killed for good.
+    gone: Mutex<Vec<Gone>>,
     /// Commitlog records hit by a bit flip: (broker name, node, physical offset, when).
     corrupt: Mutex<Vec<(String, String, u64, u64)>>,
+}
+
+/// A master killed for good: how far its slaves had copied its commitlog by then.
+struct Gone {
+    broker: String,
+    node: String,
+    at_ms: u64,
+    slaves: Vec<String>,
+    replicated_to: u64,
 }
 
 /// A broker's power loss: from which commitlog offset its bytes were gone.
@@ -93,6 +104,27 @@ impl Shared {
             }
         }
         h.unsynced.extend(marks);
+        let gone = self.gone.lock().unwrap();
+        let mut marks = Vec::new();
+        for r in &h.records {
+            let Event::Ok { id, status, broker, .. } = &r.event else { continue };
+            let Some(phys) = positions.get(id) else { continue };
+            let sent = invoked.get(id).copied().unwrap_or(0);
+            for g in gone.iter().filter(|g| &g.broker == broker && status == "SEND_OK" && sent < g.at_ms) {
+                if *phys as u64 >= g.replicated_to {
+                    let at = format!("{}.{:03}s", g.at_ms / 1000, g.at_ms % 1000);
+                    let slaves = if g.slaves.is_empty() { "no slave".to_string() } else { g.slaves.join(", ") };
+                    marks.push((
+                        id.clone(),
+                        format!(
+                            "not on {slaves} (copied up to commitlog {}) when {} was killed at {at} (commitlog {phys})",
+                            g.replicated_to, g.node
+                        ),
+                    ));
+                }
+            }
+        }
+        h.unreplicated.extend(marks);
         let corrupt = self.corrupt.lock().unwrap();
         let mut marks = Vec::new();
         for r in &h.records {
@@ -281,6 +313,7 @@ impl Cluster {
             positions: Mutex::new(BTreeMap::new()),
             boot_failed: Mutex::new(BTreeSet::new()),
             losses: Mutex::new(Vec::new()),
+            gone: Mutex::new(Vec::new()),
             corrupt: Mutex::new(Vec::new()),
         });
         let mut nodes = Vec::new();
@@ -555,7 +588,10 @@ impl Cluster {
         let handle = Handle::current();
         let net = NetSim::current();
         let target = f.target.clone().unwrap_or_default();
-        let node_level = matches!(f.kind, FaultKind::Crash | FaultKind::PowerLoss | FaultKind::Stop | FaultKind::Pause);
+        let node_level = matches!(
+            f.kind,
+            FaultKind::Crash | FaultKind::Kill | FaultKind::PowerLoss | FaultKind::Stop | FaultKind::Pause
+        );
         if node_level && !self.busy.insert(target.clone()) {
             self.shared.note("nemesis", format!("{} skipped: {target} is already down", f.describe()));
             return None;
@@ -568,6 +604,15 @@ impl Cluster {
                     d.crash();
                 }
                 Undo::Restart(target)
+            }
+            FaultKind::Kill => {
+                self.note_gone(&target);
+                handle.kill(self.id(&target));
+                if let Some(d) = &self.node(&target).disk {
+                    d.crash();
+                }
+                // Never undone: the node stays down (and busy) to the end.
+                Undo::Nothing
             }
             FaultKind::PowerLoss => {
                 handle.kill(self.id(&target));
@@ -660,6 +705,45 @@ impl Cluster {
                 Undo::Nothing
             }
         })
+    }
+
+    /// A master killed for good: note how far its slaves had copied its log (the end of the
+    /// last whole record each holds); acked messages past that are the loss ASYNC_MASTER
+    /// allows, reported message by message once the run is over.
+    fn note_gone(&self, target: &str) {
+        let Some(cfg) = self.node(target).broker.as_ref().filter(|c| c.broker_role != BrokerRole::Slave) else {
+            return;
+        };
+        let mut slaves = Vec::new();
+        let mut replicated_to = 0u64;
+        for n in &self.nodes {
+            let (Some(sc), Some(disk)) = (&n.broker, &n.disk) else { continue };
+            if sc.broker_name != cfg.broker_name || sc.broker_role != BrokerRole::Slave {
+                continue;
+            }
+            slaves.push(n.name.clone());
+            let dir = sc.store.commit_log_dir();
+            for (path, written) in disk.files().into_iter().filter(|(p, _)| p.starts_with(&dir)) {
+                let Some(base) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok()) else {
+                    continue;
+                };
+                let (starts, end) = record_starts(disk, &path, written);
+                let whole = if end <= written { end } else { starts.last().copied().unwrap_or(0) };
+                if whole > 0 {
+                    replicated_to = replicated_to.max(base + whole as u64);
+                }
+            }
+        }
+        let t = self.shared.now_ms();
+        self.shared
+            .note("nemesis", format!("{target} is gone for good; its slaves hold its commitlog up to {replicated_to}"));
+        self.shared.gone.lock().unwrap().push(Gone {
+            broker: cfg.broker_name.clone(),
+            node: target.to_string(),
+            at_ms: t,
+            slaves,
+            replicated_to,
+        });
     }
 
     /// Power loss on a broker: before the unsynced bytes go, note where the commitlog stops
@@ -825,7 +909,10 @@ impl Cluster {
             match &r.event {
                 Event::Invoke { .. } => invoked += 1,
                 Event::Ok { id, status, .. }
-                    if status == "SEND_OK" && !h.unsynced.contains_key(id) && !h.corrupt.contains_key(id) =>
+                    if status == "SEND_OK"
+                        && !h.unsynced.contains_key(id)
+                        && !h.unreplicated.contains_key(id)
+                        && !h.corrupt.contains_key(id) =>
                 {
                     open.insert(id);
                 }

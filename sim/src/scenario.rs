@@ -142,6 +142,8 @@ impl<'de> Deserialize<'de> for Bound {
 pub enum FaultKind {
     /// Process crash; restarted after `duration` (written bytes survive).
     Crash,
+    /// The machine is gone for good: killed, never restarted, its disk never read again.
+    Kill,
     /// Power loss; restarted after `duration` (only synced bytes survive, last page torn).
     PowerLoss,
     /// The whole process stalls for `duration`.
@@ -174,6 +176,7 @@ impl FaultKind {
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::Crash => "crash",
+            FaultKind::Kill => "kill",
             FaultKind::PowerLoss => "power_loss",
             FaultKind::Pause => "pause",
             FaultKind::Stop => "stop",
@@ -215,8 +218,8 @@ pub struct FaultSpec {
     /// Partition: the sides.
     #[serde(default)]
     pub groups: Vec<Vec<Spanned<String>>>,
-    /// How long the fault lasts (then healed, restarted or resumed). Absent: until the end
-    /// of the workload (crash, power loss and stop without a duration never restart).
+    /// How long the fault lasts (then healed, restarted or resumed). Absent: until the heal
+    /// after the workload (`kill` never ends).
     pub duration: Option<Dur>,
     pub latency: Option<Dur>,
     pub rate: Option<f64>,
@@ -352,6 +355,9 @@ fn default_retries() -> u32 {
 pub struct Expect {
     pub lost: Option<Bound>,
     pub lost_unsynced: Option<Bound>,
+    /// Acked messages only a master held, not yet on its slave, when the master was killed
+    /// for good (the loss ASYNC_MASTER allows).
+    pub lost_unreplicated: Option<Bound>,
     /// Acked messages whose record a bit flip corrupted (never served, so never delivered).
     pub lost_corrupt: Option<Bound>,
     pub recovered: Option<Bound>,

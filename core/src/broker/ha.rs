@@ -28,6 +28,8 @@
 //! SYNC_MASTER: a send is answered once a slave has confirmed its bytes; with no slave
 //! connected (or one more than `haSlaveFallbehindMax` behind) it is SLAVE_NOT_AVAILABLE at
 //! once, and past `slaveTimeout` FLUSH_SLAVE_TIMEOUT — both mean stored, not replicated.
+//! After one such timeout, sends answer SLAVE_NOT_AVAILABLE at once until the slave has
+//! confirmed what that send waited for (a cut-off slave does not make every send wait).
 
 use crate::config::broker::{BrokerConfig, BrokerRole};
 use crate::remoting::write_all;
@@ -74,6 +76,9 @@ pub struct Ha {
     epochs: Mutex<Vec<Epoch>>,
     /// Master: the highest commitlog offset a slave has confirmed.
     acked: watch::Sender<u64>,
+    /// Master: an offset a send waited `slaveTimeout` for in vain (0: none). Until a slave
+    /// confirms it, sends answer SLAVE_NOT_AVAILABLE at once instead of each waiting too.
+    stuck_at: std::sync::atomic::AtomicU64,
     /// Master: slaves connected and reporting.
     slaves: AtomicUsize,
     /// Master: wakes the transfer loops when the log grows.
@@ -115,6 +120,7 @@ impl Ha {
             store: store.clone(),
             epochs: Mutex::new(epochs),
             acked,
+            stuck_at: std::sync::atomic::AtomicU64::new(0),
             slaves: AtomicUsize::new(0),
             grown: Notify::new(),
             master: Mutex::new(cfg.ha_master_address.clone()),
@@ -208,15 +214,20 @@ impl Ha {
 
     /// SYNC_MASTER: waits until a slave holds the log up to `end`.
     pub async fn wait_replicated(&self, end: u64) -> PutStatus {
-        let behind = self.store.max_phys().saturating_sub(self.acked());
-        if self.slaves_connected() == 0 || behind > self.cfg.ha_slave_fallbehind_max {
+        let acked = self.acked();
+        let behind = self.store.max_phys().saturating_sub(acked);
+        let stuck = self.stuck_at.load(Ordering::Acquire);
+        if self.slaves_connected() == 0 || behind > self.cfg.ha_slave_fallbehind_max || stuck > acked {
             return PutStatus::SlaveNotAvailable;
         }
         let mut rx = self.acked.subscribe();
         let wait = rx.wait_for(|a| *a >= end);
         match crate::rt::time::timeout(Duration::from_millis(self.cfg.slave_timeout_ms), wait).await {
             Ok(Ok(())) => PutStatus::PutOk,
-            _ => PutStatus::FlushSlaveTimeout,
+            _ => {
+                self.stuck_at.fetch_max(end, Ordering::AcqRel);
+                PutStatus::FlushSlaveTimeout
+            }
         }
     }
 
