@@ -47,7 +47,19 @@ fn load(args: &Args) -> Result<BrokerConfig> {
     if let Some(n) = &args.namesrv {
         cfg.namesrv_addr = Some(n.clone());
     }
+    if let Some(bytes) = physical_memory() {
+        cfg.total_physical_memory = bytes;
+    }
     Ok(cfg)
+}
+
+/// MemTotal from /proc/meminfo (a consumer further behind than a share of it is sent to a
+/// slave, as RocketMQ does).
+fn physical_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 async fn shutdown_signal() {
