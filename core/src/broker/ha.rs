@@ -34,7 +34,7 @@
 use crate::config::broker::{BrokerConfig, BrokerRole};
 use crate::remoting::write_all;
 use crate::rt::net::{AsyncReadExt, TcpListener, TcpStream};
-use crate::rt::sync::{watch, Mutex as AsyncMutex, Notify};
+use crate::rt::sync::{oneshot, watch, Mutex as AsyncMutex, Notify};
 use crate::store::{meta, MessageStore, PutStatus, StoreError};
 use bytes::{Buf, BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -75,7 +75,11 @@ pub struct Ha {
     store: MessageStore,
     epochs: Mutex<Vec<Epoch>>,
     /// Master: the highest commitlog offset a slave has confirmed.
-    acked: watch::Sender<u64>,
+    acked: Mutex<u64>,
+    /// Master: sends waiting for a slave to confirm up to an offset, by (offset, ticket);
+    /// each confirmation wakes exactly the ones it covers.
+    waiters: Mutex<std::collections::BTreeMap<(u64, u64), oneshot::Sender<()>>>,
+    tickets: std::sync::atomic::AtomicU64,
     /// Master: an offset a send waited `slaveTimeout` for in vain (0: none). Until a slave
     /// confirms it, sends answer SLAVE_NOT_AVAILABLE at once instead of each waiting too.
     stuck_at: std::sync::atomic::AtomicU64,
@@ -113,13 +117,14 @@ impl Ha {
                 "HA: not stopped cleanly; taking sends once a slave gave back what it holds past this end"
             );
         }
-        let (acked, _) = watch::channel(0);
         let (stop, _) = watch::channel(false);
         Ok(Arc::new(Ha {
             cfg: cfg.clone(),
             store: store.clone(),
             epochs: Mutex::new(epochs),
-            acked,
+            acked: Mutex::new(0),
+            waiters: Mutex::new(Default::default()),
+            tickets: Default::default(),
             stuck_at: std::sync::atomic::AtomicU64::new(0),
             slaves: AtomicUsize::new(0),
             grown: Notify::new(),
@@ -204,7 +209,25 @@ impl Ha {
 
     /// Master: the highest offset a slave has confirmed.
     pub fn acked(&self) -> u64 {
-        *self.acked.borrow()
+        *self.acked.lock().unwrap()
+    }
+
+    /// A slave confirmed the log up to `r`: the confirmed offset only moves forward, and the
+    /// sends it covers are answered.
+    fn confirm(&self, r: u64) {
+        let covered = {
+            let mut acked = self.acked.lock().unwrap();
+            if r <= *acked {
+                return;
+            }
+            *acked = r;
+            let mut w = self.waiters.lock().unwrap();
+            let rest = w.split_off(&(r + 1, 0));
+            std::mem::replace(&mut *w, rest)
+        };
+        for (_, tx) in covered {
+            let _ = tx.send(());
+        }
     }
 
     /// Stops the listener and every connection.
@@ -220,11 +243,20 @@ impl Ha {
         if self.slaves_connected() == 0 || behind > self.cfg.ha_slave_fallbehind_max || stuck > acked {
             return PutStatus::SlaveNotAvailable;
         }
-        let mut rx = self.acked.subscribe();
-        let wait = rx.wait_for(|a| *a >= end);
-        match crate::rt::time::timeout(Duration::from_millis(self.cfg.slave_timeout_ms), wait).await {
+        let (tx, rx) = oneshot::channel();
+        let key = (end, self.tickets.fetch_add(1, Ordering::Relaxed));
+        {
+            // Checked under the lock `confirm` takes first: no confirmation slips between.
+            let acked = self.acked.lock().unwrap();
+            if *acked >= end {
+                return PutStatus::PutOk;
+            }
+            self.waiters.lock().unwrap().insert(key, tx);
+        }
+        match crate::rt::time::timeout(Duration::from_millis(self.cfg.slave_timeout_ms), rx).await {
             Ok(Ok(())) => PutStatus::PutOk,
             _ => {
+                self.waiters.lock().unwrap().remove(&key);
                 self.stuck_at.fetch_max(end, Ordering::AcqRel);
                 PutStatus::FlushSlaveTimeout
             }
@@ -287,11 +319,7 @@ impl Ha {
                 report = Some(rbuf.get_u64());
             }
             if let Some(r) = report {
-                self.acked.send_if_modified(|a| {
-                    let ahead = r > *a;
-                    *a = (*a).max(r);
-                    ahead
-                });
+                self.confirm(r);
                 if next.is_none() {
                     let max = self.store.max_phys();
                     if r > max {
@@ -472,11 +500,12 @@ impl Ha {
                     return "master sent log bytes before its epochs".to_string();
                 }
                 if !body.is_empty() {
-                    if let Err(e) = self.store.append_replica(start as u64, &body).await {
+                    if let Err(e) = self.store.append_replica_raw(start as u64, &body).await {
                         return format!("append at {start} failed: {e}");
                     }
                 }
             }
+            // Confirm first (the master's senders wait on it), then build queues and index.
             let end = self.store.max_phys();
             if attached && (end != reported || last_report.elapsed() >= heartbeat) {
                 if let Err(e) = write_all(&mut stream, &end.to_be_bytes()).await {
@@ -484,6 +513,9 @@ impl Ha {
                 }
                 reported = end;
                 last_report = crate::rt::instant();
+            }
+            if let Err(e) = self.store.dispatch_replica().await {
+                return format!("dispatching replicated records failed: {e}");
             }
             let tick = heartbeat.min(housekeeping) / 2;
             crate::rt::select! {

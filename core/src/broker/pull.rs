@@ -144,7 +144,7 @@ impl Broker {
                 Ok(g) => g,
                 Err(e) => return req.error(response::SYSTEM_ERROR, e.to_string()),
             };
-            let (code, _) = status_code(got.status, h.queue_offset);
+            let (code, _) = self.status_code(got.status, h.queue_offset);
             if code != response::PULL_NOT_FOUND
                 || !may_wait
                 || self.hold.stopping.load(Ordering::Acquire)
@@ -165,6 +165,15 @@ impl Broker {
         self.pull_response(req, &h, &group, got, back_to_master)
     }
 
+    /// RocketMQ's answer for a read status; on a slave, an offset it cannot serve is "not
+    /// found" (wait, and keep the offset), never OFFSET_MOVED.
+    fn status_code(&self, status: GetStatus, offset: i64) -> (i32, &'static str) {
+        match status_code(status, offset) {
+            (response::PULL_OFFSET_MOVED, remark) if self.is_slave() => (response::PULL_NOT_FOUND, remark),
+            c => c,
+        }
+    }
+
     /// After a crash recovery, offsets past a queue's recovered end may have been given to
     /// messages lost with an unsynced tail, and are now given to new ones. A consumer that
     /// read the lost ones holds an offset past the end and would skip the new ones, so the
@@ -172,6 +181,9 @@ impl Broker {
     /// answered OFFSET_MOVED back to it (RocketMQ's own answer to a pull past the end).
     /// Returns where to move.
     fn past_recovered_end(&self, h: &PullMessageHeader) -> Option<u64> {
+        if self.is_slave() {
+            return None;
+        }
         let end = self.store.recovered_end(&h.topic, h.queue_id)?;
         let first = self.hold.pulled.lock().unwrap().insert((h.consumer_group.clone(), h.topic.clone(), h.queue_id));
         (first && h.queue_offset > end as i64).then_some(end)
@@ -185,7 +197,14 @@ impl Broker {
         got: GetResult,
         back_to_master: bool,
     ) -> RemotingCommand {
-        let (mut code, remark) = status_code(got.status, h.queue_offset);
+        let (mut code, remark) = self.status_code(got.status, h.queue_offset);
+        // A slave never moves a consumer (RocketMQ's offsetCheckInSlave=false): its queue may
+        // just be behind its master's, or cut and being rebuilt.
+        let next_begin = if code == response::PULL_NOT_FOUND && self.is_slave() {
+            got.next_begin_offset.max(h.queue_offset.max(0) as u64)
+        } else {
+            got.next_begin_offset
+        };
         // RocketMQ's suggestWhichBrokerId: with slave reads on, the group's broker, or its
         // slave for a consumer so far behind that its reads would leave the page cache.
         let mut suggest = 0;
@@ -204,7 +223,7 @@ impl Broker {
         }
         let mut resp = req.response(code, Some(remark.to_string()));
         resp.set("suggestWhichBrokerId", suggest);
-        resp.set("nextBeginOffset", got.next_begin_offset);
+        resp.set("nextBeginOffset", next_begin);
         resp.set("minOffset", got.min_offset);
         resp.set("maxOffset", got.max_offset);
         if code == response::SUCCESS {

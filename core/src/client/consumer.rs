@@ -14,6 +14,7 @@ use crate::protocol::code::{perm, pull_flag, request, response};
 use crate::protocol::header::{ext, PullMessageHeader};
 use crate::protocol::message::{decode_records, MessageExt, PROPERTY_RETRY_TOPIC, PROPERTY_TAGS};
 use crate::protocol::RemotingCommand;
+use crate::remoting::RemotingError;
 use crate::rt::sync::{Mutex as AsyncMutex, Notify};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -576,9 +577,20 @@ async fn pull_loop(c: Arc<PushConsumer>, mq: MessageQueue, st: Arc<QueueState>) 
             }
         }
     };
+    // An address whose pull just failed, and until when another of the group is preferred
+    // (the route may still list a master that died until the next route refresh).
+    let mut avoid: Option<(String, crate::rt::time::Instant)> = None;
+    // Whether the last pull failed and this one went straight to another broker of the group
+    // (once: with every broker of the group down, pulls pause between tries).
+    let mut failed_over = false;
     while !st.stopped.load(Ordering::Acquire) {
+        if avoid.as_ref().is_some_and(|(_, until)| crate::rt::instant() >= *until) {
+            avoid = None;
+        }
         // The suggested broker of the group, else any (the slave while the master is gone).
-        let Some((addr, slave)) = c.instance.broker_in_subscribe(&mq.broker_name, st.suggested.load(Ordering::Acquire))
+        let suggested = st.suggested.load(Ordering::Acquire);
+        let Some((addr, slave)) =
+            c.instance.broker_avoiding(&mq.broker_name, suggested, avoid.as_ref().map(|(a, _)| a.as_str()))
         else {
             if pause(retry_delay).await {
                 return;
@@ -616,9 +628,21 @@ async fn pull_loop(c: Arc<PushConsumer>, mq: MessageQueue, st: Arc<QueueState>) 
             c.committed(&mq, offset);
         }
         let r = match resp {
-            Ok(r) => r,
+            Ok(r) => {
+                failed_over = false;
+                r
+            }
             Err(e) => {
                 tracing::debug!(queue = %mq, error = %e, "pull failed");
+                // Another broker of the group (the slave of a master that died) is tried at
+                // once; the same one only after the usual pause.
+                let other =
+                    c.instance.broker_avoiding(&mq.broker_name, suggested, Some(&addr)).is_some_and(|(a, _)| a != addr);
+                avoid = Some((addr, crate::rt::instant() + c.instance.cfg.poll_name_server_interval));
+                if other && !failed_over && !matches!(e, RemotingError::Timeout(..)) {
+                    failed_over = true;
+                    continue;
+                }
                 if pause(retry_delay).await {
                     return;
                 }

@@ -175,9 +175,20 @@ impl Instance {
     /// RocketMQ's `findBrokerAddressInSubscribe`: the address of broker `id` of the group,
     /// else of any broker of it (lowest id first); with whether it is a slave.
     pub fn broker_in_subscribe(&self, broker_name: &str, id: u64) -> Option<(String, bool)> {
+        self.broker_avoiding(broker_name, id, None)
+    }
+
+    /// As `broker_in_subscribe`, but another broker of the group rather than `avoid` (an
+    /// address that just failed) while there is one.
+    pub fn broker_avoiding(&self, broker_name: &str, id: u64, avoid: Option<&str>) -> Option<(String, bool)> {
         let table = self.broker_table();
         let ids = table.get(broker_name)?;
-        ids.get(&id).map(|a| (a.clone(), id != 0)).or_else(|| ids.iter().next().map(|(i, a)| (a.clone(), *i != 0)))
+        let ok = |a: &String| avoid != Some(a.as_str());
+        ids.get(&id)
+            .filter(|a| ok(a))
+            .map(|a| (a.clone(), id != 0))
+            .or_else(|| ids.iter().find(|(_, a)| ok(a)).map(|(i, a)| (a.clone(), *i != 0)))
+            .or_else(|| ids.iter().next().map(|(i, a)| (a.clone(), *i != 0)))
     }
 
     pub fn master_addr(&self, broker_name: &str) -> Option<String> {

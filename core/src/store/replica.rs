@@ -49,6 +49,13 @@ impl MessageStore {
     /// its slave the tail it lost — then every record it completes is dispatched to
     /// consume queues and index, and parked pulls are woken.
     pub async fn append_replica(&self, at: u64, data: &[u8]) -> Result<(), StoreError> {
+        self.append_replica_raw(at, data).await?;
+        self.dispatch_replica().await
+    }
+
+    /// The append alone: the bytes are in the log (what a slave confirms to its master);
+    /// `dispatch_replica` builds the queues and index from them.
+    pub async fn append_replica_raw(&self, at: u64, data: &[u8]) -> Result<(), StoreError> {
         let inner = &self.inner;
         let st = inner.put.lock().await;
         if st.shut_down {
@@ -62,6 +69,11 @@ impl MessageStore {
         }
         drop(st);
         inner.flush_wakeup.notify_one();
+        Ok(())
+    }
+
+    /// Dispatches the complete records appended so far and wakes parked pulls.
+    pub async fn dispatch_replica(&self) -> Result<(), StoreError> {
         self.dispatch_complete(None).await
     }
 
