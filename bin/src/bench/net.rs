@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Args;
 use hdrhistogram::Histogram;
-use keel_core::client::{ClientConfig, ConsumeResult, Message, Producer, PushConsumer};
+use keel_core::client::{ClientConfig, ConsumeResult, Message, Producer, PushConsumer, SendStatus};
 use keel_core::protocol::header::SendMessageHeader;
 use keel_core::protocol::RemotingCommand;
 use std::io::Write;
@@ -102,7 +102,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn rate(&self) -> f64 {
+    pub fn rate(&self) -> f64 {
         self.ops as f64 / self.secs
     }
     fn of(h: &Histogram<u64>, ops: u64, failed: u64, secs: f64) -> Outcome {
@@ -152,7 +152,9 @@ pub async fn produce(a: &ProduceArgs) -> Result<Outcome> {
                 set.spawn(async move {
                     let t = Instant::now();
                     let r = p.send(&m).await;
-                    r.ok().map(|_| t.elapsed().as_micros() as u64)
+                    // Only SEND_OK counts: a stored-but-not-replicated or not-flushed answer
+                    // is a failure here.
+                    r.ok().filter(|r| r.status == SendStatus::SendOk).map(|_| t.elapsed().as_micros() as u64)
                 });
                 if inflight == 1 {
                     if let Some(Ok(us)) = set.join_next().await {
@@ -342,7 +344,7 @@ pub async fn echo(addr: &str, size: usize, threads: usize, seconds: f64) -> Resu
     Ok(Outcome::of(&h, n, 0, start.elapsed().as_secs_f64()))
 }
 
-fn sibling(name: &str) -> Result<PathBuf> {
+pub fn sibling(name: &str) -> Result<PathBuf> {
     let me = std::env::current_exe()?;
     let p = me.with_file_name(name);
     if !p.exists() {
@@ -356,7 +358,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
     s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
-struct Proc(Child);
+pub struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -366,10 +368,10 @@ impl Drop for Proc {
 }
 
 fn terminate(pid: u32) {
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).stderr(Stdio::null()).status();
 }
 
-async fn wait_port(addr: &str) -> Result<()> {
+pub async fn wait_port(addr: &str) -> Result<()> {
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Ok(());

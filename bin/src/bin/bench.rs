@@ -9,12 +9,16 @@
 //! - `bench echo`: raw loopback request/response of the same frame bytes (the baseline).
 //! - `bench cluster`: the produce matrix with the echo baseline, broker processes per flush
 //!   mode started and stopped by the bench itself.
+//! - `bench replication`: single master, 2m-noslave, 2m-2s-async and 2m-2s-sync sends in one
+//!   run, the slave's lag, and a consumer's resume time from the slave after a SIGKILL.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[path = "../bench/net.rs"]
 mod net;
+#[path = "../bench/replication.rs"]
+mod replication;
 #[path = "../bench/store.rs"]
 mod store;
 
@@ -45,6 +49,8 @@ enum Mode {
     },
     /// The produce matrix against broker processes, with the echo baseline.
     Cluster(net::ClusterArgs),
+    /// Replicated against unreplicated sends, slave lag, resume from the slave.
+    Replication(replication::ReplicationArgs),
 }
 
 fn main() -> Result<()> {
@@ -76,5 +82,6 @@ fn main() -> Result<()> {
             Ok(())
         }),
         Mode::Cluster(a) => keel::runtime_with(0)?.block_on(net::cluster(&a)),
+        Mode::Replication(a) => keel::runtime_with(0)?.block_on(replication::run(&a)),
     }
 }

@@ -1,0 +1,207 @@
+//! `bench replication`: send throughput and latency of a single master, two masters without
+//! slaves, 2m-2s-async and 2m-2s-sync (the shipped conf files, as broker processes), in one
+//! run; the replication lag of broker-a's slave sampled during the 2m-2s runs; and, on
+//! 2m-2s-sync, how long a consumer takes to resume broker-a's queues from the slave after its
+//! master is killed with SIGKILL.
+
+use super::net::{print_percentiles, produce, sibling, wait_port, Outcome, Proc, ProduceArgs};
+use anyhow::{Context, Result};
+use clap::Args;
+use hdrhistogram::Histogram;
+use keel_core::client::{Admin, ClientConfig, ConsumeFromWhere, ConsumeResult, PushConsumer};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Clone)]
+pub struct ReplicationArgs {
+    /// Seconds per configuration and sender count.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    threads: Vec<usize>,
+    /// Where the brokers keep their stores (removed afterwards).
+    #[arg(long, default_value = "target/bench-replication")]
+    dir: PathBuf,
+}
+
+/// (label, conf directory, broker files)
+const SETUPS: [(&str, &str, &[&str]); 4] = [
+    ("single master", "conf/2m-2s-async", &["broker-a"]),
+    ("2m-noslave", "conf/2m-noslave", &["broker-a", "broker-b"]),
+    ("2m-2s-async", "conf/2m-2s-async", &["broker-a", "broker-a-s", "broker-b", "broker-b-s"]),
+    ("2m-2s-sync", "conf/2m-2s-sync", &["broker-a", "broker-a-s", "broker-b", "broker-b-s"]),
+];
+
+const NAMESRV: &str = "127.0.0.1:9876";
+
+struct Cluster {
+    procs: Vec<(String, String, Proc)>,
+    _ns: Proc,
+}
+
+/// Starts the name server and the named brokers of a conf set, stores under `dir`.
+async fn start(conf: &Path, nodes: &[&str], dir: &Path) -> Result<Cluster> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let ns = Proc(Command::new(sibling("namesrv")?).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    wait_port(NAMESRV).await?;
+    let mut procs = Vec::new();
+    for node in nodes {
+        let text = std::fs::read_to_string(conf.join(format!("{node}.properties")))
+            .with_context(|| format!("reading {}/{node}.properties", conf.display()))?;
+        let mut lines: Vec<String> =
+            text.lines().filter(|l| !l.starts_with("storePathRootDir=")).map(String::from).collect();
+        lines.push(format!("storePathRootDir={}", dir.join(node).display()));
+        let port = text.lines().find_map(|l| l.strip_prefix("listenPort=")).context("listenPort")?.trim().to_string();
+        let file = dir.join(format!("{node}.properties"));
+        std::fs::write(&file, lines.join("\n"))?;
+        let child = Command::new(sibling("broker")?)
+            .args(["-c", file.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let addr = format!("127.0.0.1:{port}");
+        procs.push((node.to_string(), addr.clone(), Proc(child)));
+        wait_port(&addr).await?;
+    }
+    // Slaves attach and everyone registers.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    Ok(Cluster { procs, _ns: ns })
+}
+
+async fn served(admin: &Admin, addr: &str) -> Option<u64> {
+    admin.runtime_info(addr).await.ok()?.get("msgGetTotalTodayNow")?.parse().ok()
+}
+
+async fn max_offset(admin: &Admin, addr: &str) -> Option<u64> {
+    admin.runtime_info(addr).await.ok()?.get("commitLogMaxOffset")?.parse().ok()
+}
+
+/// Samples broker-a's master end minus its slave's end every 20 ms until `stop`.
+async fn sample_lag(master: String, slave: String, stop: Arc<AtomicBool>) -> Histogram<u64> {
+    let admin = Admin::new(ClientConfig::new(NAMESRV));
+    let mut h = Histogram::<u64>::new_with_bounds(1, 1 << 40, 3).unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        let (m, s) = tokio::join!(max_offset(&admin, &master), max_offset(&admin, &slave));
+        if let (Some(m), Some(s)) = (m, s) {
+            let _ = h.record(m.saturating_sub(s).max(1));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    admin.shutdown().await;
+    h
+}
+
+pub async fn run(a: &ReplicationArgs) -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut rows: Vec<(String, usize, Outcome, Option<Histogram<u64>>)> = Vec::new();
+    let mut resume = None;
+    for (label, conf, nodes) in SETUPS {
+        let c = start(&root.join(conf), nodes, &a.dir).await?;
+        println!("== {label}");
+        for &threads in &a.threads {
+            let args = ProduceArgs {
+                namesrv: NAMESRV.into(),
+                topic: "BenchmarkTest".into(),
+                size: a.size,
+                threads,
+                seconds: a.seconds,
+                r#async: false,
+                report: a.seconds,
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let lag = (nodes.len() == 4).then(|| {
+                let (m, s) = (c.procs[0].1.clone(), c.procs[1].1.clone());
+                tokio::spawn(sample_lag(m, s, stop.clone()))
+            });
+            let o = produce(&args).await?;
+            stop.store(true, Ordering::Relaxed);
+            let lag = match lag {
+                Some(t) => Some(t.await?),
+                None => None,
+            };
+            print_percentiles(&format!("{label:<14} {} B x{threads:<3}", a.size), &o);
+            rows.push((label.to_string(), threads, o, lag));
+        }
+        if label == "2m-2s-sync" {
+            resume = Some(resume_from_slave(c).await?);
+        } else {
+            drop(c);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&a.dir);
+    println!();
+    println!("| setup | senders | SEND_OK/s | p50 µs | p99 µs | p99.9 µs | max µs | not SEND_OK | % of 2m-noslave | slave lag p50 / p99 / max (bytes) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (label, threads, o, lag) in &rows {
+        let base = rows.iter().find(|r| r.0 == "2m-noslave" && r.1 == *threads).map(|r| r.2.rate()).unwrap_or(0.0);
+        let lag = lag.as_ref().map_or("–".to_string(), |h| {
+            format!("{} / {} / {}", h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
+        });
+        println!(
+            "| {label} | {threads} | {:.0} | {} | {} | {} | {} | {} | {:.0}% | {lag} |",
+            o.rate(),
+            o.p50_us,
+            o.p99_us,
+            o.p999_us,
+            o.max_us,
+            o.failed,
+            100.0 * o.rate() / base
+        );
+    }
+    if let Some((first, resumed)) = resume {
+        println!();
+        println!(
+            "consumer resume from broker-a's slave after SIGKILL of its master: the slave served its first pull {:.1} ms after the kill ({} broker-a messages consumed in the following 5 s)",
+            first.as_secs_f64() * 1000.0,
+            resumed
+        );
+    }
+    Ok(())
+}
+
+/// With the backlog the sends left, a consumer starts; once it has a message from broker-a,
+/// broker-a's master is killed (SIGKILL); returns the time to the next broker-a message.
+async fn resume_from_slave(mut c: Cluster) -> Result<(Duration, usize)> {
+    let seen: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let s2 = seen.clone();
+    let consumer = PushConsumer::builder("bench_resume", ClientConfig::new(NAMESRV))
+        .subscribe("BenchmarkTest", "*")
+        .consume_from(ConsumeFromWhere::FirstOffset)
+        .start(Arc::new(move |msgs, mq| {
+            let now = Instant::now();
+            s2.lock().unwrap().extend(msgs.iter().map(|_| (now, mq.broker_name.clone())));
+            ConsumeResult::Success
+        }))
+        .await?;
+    let t0 = Instant::now();
+    while !seen.lock().unwrap().iter().any(|(_, b)| b == "broker-a") {
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "no message from broker-a");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The slave's served-messages counter tells when the consumer's pulls reach it.
+    let admin = Admin::new(ClientConfig::new(NAMESRV));
+    let slave = c.procs[1].1.clone();
+    let before = served(&admin, &slave).await.context("slave runtime info")?;
+    let master = &mut c.procs[0].2 .0;
+    master.kill()?; // SIGKILL
+    master.wait()?;
+    let killed = Instant::now();
+    let first = loop {
+        if served(&admin, &slave).await.is_some_and(|n| n > before) {
+            break killed.elapsed();
+        }
+        anyhow::ensure!(killed.elapsed() < Duration::from_secs(60), "broker-a's queues did not resume from the slave");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let n = seen.lock().unwrap().iter().filter(|(t, b)| b == "broker-a" && *t > killed).count();
+    consumer.shutdown().await;
+    admin.shutdown().await;
+    Ok((first, n))
+}
