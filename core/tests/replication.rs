@@ -165,3 +165,63 @@ async fn consumers_read_from_the_slave_while_the_master_is_gone_and_return_witho
     master.shutdown().await.unwrap();
     slave.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_sends_a_consumer_far_behind_to_its_slave_and_a_slave_without_slave_reads_refuses_pulls() {
+    use keel_core::protocol::code::{pull_flag, request, response};
+    use keel_core::protocol::header::PullMessageHeader;
+    use keel_core::protocol::RemotingCommand;
+    common::init_logs();
+    let ns =
+        NameServer::start(NamesrvConfig { listen_addr: "127.0.0.1:0".into(), ..Default::default() }).await.unwrap();
+    let nsaddr = ns.local_addr().to_string();
+    let (dir_m, dir_s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut mcfg = broker_config(BrokerRole::AsyncMaster, 0, &nsaddr, dir_m.path());
+    mcfg.slave_read_enable = true;
+    // "Far behind" is 40 % of the machine's memory: here, of 10 000 bytes.
+    mcfg.total_physical_memory = 10_000;
+    let master = BrokerController::start(mcfg, Disk::Real).await.unwrap();
+    let slave =
+        BrokerController::start(broker_config(BrokerRole::Slave, 1, &nsaddr, dir_s.path()), Disk::Real).await.unwrap();
+    let admin = keel_core::client::Admin::new(ClientConfig::new(&nsaddr));
+    let tc =
+        TopicConfig { topic_name: "TopicFar".into(), read_queue_nums: 1, write_queue_nums: 1, ..Default::default() };
+    admin.create_topic(master.addr(), &tc).await.unwrap();
+    let producer = Producer::start("PG", ClientConfig::new(&nsaddr)).await.unwrap();
+    for i in 0..40 {
+        let r = producer.send(&Message::new("TopicFar", format!("{i:0>200}"))).await.unwrap();
+        assert_eq!(r.status, SendStatus::SendOk);
+    }
+    let pull = |offset: i64| {
+        let h = PullMessageHeader {
+            consumer_group: "CG".into(),
+            topic: "TopicFar".into(),
+            queue_id: 0,
+            queue_offset: offset,
+            max_msg_nums: 1,
+            sys_flag: pull_flag::SUBSCRIPTION,
+            commit_offset: 0,
+            suspend_timeout_millis: 0,
+            subscription: Some("*".into()),
+            sub_version: 0,
+            expression_type: Some("TAG".into()),
+        };
+        RemotingCommand::request(request::PULL_MESSAGE, h.encode())
+    };
+    // ~10 KB behind the end (> 4 000 bytes): read from the slave (whichBrokerWhenConsumeSlowly).
+    let r = admin.broker(master.addr(), pull(0)).await.unwrap();
+    assert_eq!(r.code, response::SUCCESS);
+    assert_eq!(r.get("suggestWhichBrokerId"), Some("1"));
+    // The last message: close to the end, stay on the master.
+    let r = admin.broker(master.addr(), pull(39)).await.unwrap();
+    assert_eq!(r.code, response::SUCCESS);
+    assert_eq!(r.get("suggestWhichBrokerId"), Some("0"));
+    // This slave has slaveReadEnable=false: it serves no pulls.
+    match admin.broker(slave.addr(), pull(0)).await {
+        Err(keel_core::client::ClientError::Broker { code, .. }) => assert_eq!(code, response::SYSTEM_BUSY),
+        other => panic!("a slave without slaveReadEnable answered a pull: {other:?}"),
+    }
+    producer.shutdown().await;
+    slave.shutdown().await.unwrap();
+    master.shutdown().await.unwrap();
+}
