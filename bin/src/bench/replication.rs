@@ -27,6 +27,9 @@ pub struct ReplicationArgs {
     /// Where the brokers keep their stores (removed afterwards).
     #[arg(long, default_value = "target/bench-replication")]
     dir: PathBuf,
+    /// Worker threads of each broker process (KEEL_WORKER_THREADS; default: the broker's).
+    #[arg(long)]
+    broker_threads: Option<usize>,
 }
 
 /// (label, conf directory, broker files)
@@ -45,7 +48,7 @@ struct Cluster {
 }
 
 /// Starts the name server and the named brokers of a conf set, stores under `dir`.
-async fn start(conf: &Path, nodes: &[&str], dir: &Path) -> Result<Cluster> {
+async fn start(conf: &Path, nodes: &[&str], dir: &Path, threads: Option<usize>) -> Result<Cluster> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let ns = Proc(Command::new(sibling("namesrv")?).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
@@ -60,11 +63,12 @@ async fn start(conf: &Path, nodes: &[&str], dir: &Path) -> Result<Cluster> {
         let port = text.lines().find_map(|l| l.strip_prefix("listenPort=")).context("listenPort")?.trim().to_string();
         let file = dir.join(format!("{node}.properties"));
         std::fs::write(&file, lines.join("\n"))?;
-        let child = Command::new(sibling("broker")?)
-            .args(["-c", file.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
+        let mut cmd = Command::new(sibling("broker")?);
+        cmd.args(["-c", file.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null());
+        if let Some(t) = threads {
+            cmd.env("KEEL_WORKER_THREADS", t.to_string());
+        }
+        let child = cmd.spawn()?;
         let addr = format!("127.0.0.1:{port}");
         procs.push((node.to_string(), addr.clone(), Proc(child)));
         wait_port(&addr).await?;
@@ -102,7 +106,7 @@ pub async fn run(a: &ReplicationArgs) -> Result<()> {
     let mut rows: Vec<(String, usize, Outcome, Option<Histogram<u64>>)> = Vec::new();
     let mut resume = None;
     for (label, conf, nodes) in SETUPS {
-        let c = start(&root.join(conf), nodes, &a.dir).await?;
+        let c = start(&root.join(conf), nodes, &a.dir, a.broker_threads).await?;
         println!("== {label}");
         for &threads in &a.threads {
             let args = ProduceArgs {
