@@ -1011,5 +1011,11 @@ pub async fn run(sc: Scenario) -> Outcome {
     let report = check(&history, liveness.as_millis() as u64);
     let violations = report.violations(&c.sc.expect);
     let log = history.render();
+    // The runtime does not free every task of a run; their disks are freed here.
+    for n in &c.nodes {
+        if let Some(d) = &n.disk {
+            d.wipe();
+        }
+    }
     Outcome { history, report, violations, log, sim_ms }
 }

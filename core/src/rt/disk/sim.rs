@@ -193,6 +193,18 @@ impl SimDisk {
 
     /// Every file with the number of bytes written to it, in path order (for a harness that
     /// picks where to flip bits or asks what a power loss would keep).
+    /// Frees every file's bytes, for the end of a simulated run: tasks the runtime leaks at
+    /// its end keep their handles, so only emptied files stay alive with them.
+    pub fn wipe(&self) {
+        let mut st = self.state.lock().unwrap();
+        for f in st.files.values() {
+            let mut f = f.lock().unwrap();
+            f.written = Vec::new();
+            f.durable = Vec::new();
+        }
+        st.files.clear();
+    }
+
     pub fn files(&self) -> Vec<(PathBuf, usize)> {
         let st = self.state.lock().unwrap();
         st.files.iter().map(|(p, f)| (p.clone(), f.lock().unwrap().written.len())).collect()
