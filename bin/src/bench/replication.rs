@@ -27,6 +27,13 @@ pub struct ReplicationArgs {
     /// Where the brokers keep their stores (removed afterwards).
     #[arg(long, default_value = "target/bench-replication")]
     dir: PathBuf,
+    /// Setups to run, in this order (repeats allowed, e.g. to alternate sync and async):
+    /// single, 2m-noslave, 2m-2s-async, 2m-2s-sync.
+    #[arg(long, value_delimiter = ',', default_value = "single,2m-noslave,2m-2s-async,2m-2s-sync")]
+    setups: Vec<String>,
+    /// Skip the consumer resume measurement.
+    #[arg(long)]
+    no_resume: bool,
     /// Worker threads of each broker process (KEEL_WORKER_THREADS; default: the broker's).
     #[arg(long)]
     broker_threads: Option<usize>,
@@ -34,7 +41,7 @@ pub struct ReplicationArgs {
 
 /// (label, conf directory, broker files)
 const SETUPS: [(&str, &str, &[&str]); 4] = [
-    ("single master", "conf/2m-2s-async", &["broker-a"]),
+    ("single", "conf/2m-2s-async", &["broker-a"]),
     ("2m-noslave", "conf/2m-noslave", &["broker-a", "broker-b"]),
     ("2m-2s-async", "conf/2m-2s-async", &["broker-a", "broker-a-s", "broker-b", "broker-b-s"]),
     ("2m-2s-sync", "conf/2m-2s-sync", &["broker-a", "broker-a-s", "broker-b", "broker-b-s"]),
@@ -105,7 +112,11 @@ pub async fn run(a: &ReplicationArgs) -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut rows: Vec<(String, usize, Outcome, Option<Histogram<u64>>)> = Vec::new();
     let mut resume = None;
-    for (label, conf, nodes) in SETUPS {
+    let mut seen_sync = false;
+    for name in &a.setups {
+        let Some(&(label, conf, nodes)) = SETUPS.iter().find(|s| s.0 == name) else {
+            anyhow::bail!("unknown setup {name}: single, 2m-noslave, 2m-2s-async or 2m-2s-sync");
+        };
         let c = start(&root.join(conf), nodes, &a.dir, a.broker_threads).await?;
         println!("== {label}");
         for &threads in &a.threads {
@@ -132,7 +143,8 @@ pub async fn run(a: &ReplicationArgs) -> Result<()> {
             print_percentiles(&format!("{label:<14} {} B x{threads:<3}", a.size), &o);
             rows.push((label.to_string(), threads, o, lag));
         }
-        if label == "2m-2s-sync" {
+        if label == "2m-2s-sync" && !a.no_resume && !seen_sync {
+            seen_sync = true;
             resume = Some(resume_from_slave(c).await?);
         } else {
             drop(c);
@@ -143,7 +155,7 @@ pub async fn run(a: &ReplicationArgs) -> Result<()> {
     println!("| setup | senders | SEND_OK/s | p50 µs | p99 µs | p99.9 µs | max µs | not SEND_OK | % of 2m-noslave | slave lag p50 / p99 / max (bytes) |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for (label, threads, o, lag) in &rows {
-        let base = rows.iter().find(|r| r.0 == "2m-noslave" && r.1 == *threads).map(|r| r.2.rate()).unwrap_or(0.0);
+        let base = rows.iter().find(|r| r.0 == "2m-noslave" && r.1 == *threads).map_or(f64::NAN, |r| r.2.rate());
         let lag = lag.as_ref().map_or("–".to_string(), |h| {
             format!("{} / {} / {}", h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
         });
