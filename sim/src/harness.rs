@@ -73,71 +73,58 @@ struct PowerLoss {
 }
 
 impl Shared {
-    /// Acked messages of a broker's incarnation that lost power, stored at or past the
-    /// unsynced point: the loss ASYNC_FLUSH allows, with why.
-    fn mark_unsynced(&self) {
+    /// Marks the acked messages whose loss a fault explains: stored at or past the unsynced
+    /// point of their broker's incarnation that lost power (the loss ASYNC_FLUSH allows), past
+    /// what the slaves held when their master was killed for good (the loss ASYNC_MASTER
+    /// allows), or in a record a bit flip hit. Each with why.
+    fn mark_explained_losses(&self) {
         let losses = self.losses.lock().unwrap();
+        let gone = self.gone.lock().unwrap();
+        let corrupt = self.corrupt.lock().unwrap();
         let positions = self.positions.lock().unwrap();
         let mut h = self.history.lock().unwrap();
-        let invoked: BTreeMap<String, u64> = h
+        let invoked: BTreeMap<&str, u64> = h
             .records
             .iter()
             .filter_map(|r| match &r.event {
-                Event::Invoke { id } => Some((id.clone(), r.t_ms)),
+                Event::Invoke { id } => Some((id.as_str(), r.t_ms)),
                 _ => None,
             })
             .collect();
-        let mut marks = Vec::new();
+        let secs = |ms: u64| format!("{}.{:03}s", ms / 1000, ms % 1000);
+        let (mut unsynced, mut unreplicated, mut hit) = (Vec::new(), Vec::new(), Vec::new());
         for r in &h.records {
             let Event::Ok { id, status, broker, .. } = &r.event else { continue };
-            let Some(phys) = positions.get(id) else { continue };
-            let sent = invoked.get(id).copied().unwrap_or(0);
-            for l in losses.iter().filter(|l| &l.broker == broker && status == "SEND_OK") {
+            let Some(&phys) = positions.get(id).filter(|_| status == "SEND_OK") else { continue };
+            let p = phys as u64;
+            let sent = invoked.get(id.as_str()).copied().unwrap_or(0);
+            for l in losses.iter().filter(|l| &l.broker == broker) {
                 let same_incarnation = sent < l.at_ms && l.restart_ms.is_none_or(|t| r.t_ms < t);
-                if same_incarnation && *phys as u64 >= l.lost_from {
-                    let at = format!("{}.{:03}s", l.at_ms / 1000, l.at_ms % 1000);
-                    marks.push((
-                        id.clone(),
-                        format!("not synced at {}'s power loss at {at} (commitlog {phys})", l.node),
-                    ));
+                if same_incarnation && p >= l.lost_from {
+                    let why = format!("not synced at {}'s power loss at {} (commitlog {phys})", l.node, secs(l.at_ms));
+                    unsynced.push((id.clone(), why));
                 }
             }
-        }
-        h.unsynced.extend(marks);
-        let gone = self.gone.lock().unwrap();
-        let mut marks = Vec::new();
-        for r in &h.records {
-            let Event::Ok { id, status, broker, .. } = &r.event else { continue };
-            let Some(phys) = positions.get(id) else { continue };
-            let sent = invoked.get(id).copied().unwrap_or(0);
-            for g in gone.iter().filter(|g| &g.broker == broker && status == "SEND_OK" && sent < g.at_ms) {
-                if *phys as u64 >= g.replicated_to {
-                    let at = format!("{}.{:03}s", g.at_ms / 1000, g.at_ms % 1000);
-                    let slaves = if g.slaves.is_empty() { "no slave".to_string() } else { g.slaves.join(", ") };
-                    marks.push((
-                        id.clone(),
-                        format!(
-                            "not on {slaves} (copied up to commitlog {}) when {} was killed at {at} (commitlog {phys})",
-                            g.replicated_to, g.node
-                        ),
-                    ));
-                }
+            for g in gone.iter().filter(|g| &g.broker == broker && sent < g.at_ms && p >= g.replicated_to) {
+                let slaves = if g.slaves.is_empty() { "no slave".to_string() } else { g.slaves.join(", ") };
+                let why = format!(
+                    "not on {slaves} (copied up to commitlog {}) when {} was killed at {} (commitlog {phys})",
+                    g.replicated_to,
+                    g.node,
+                    secs(g.at_ms)
+                );
+                unreplicated.push((id.clone(), why));
+            }
+            for (_, node, _, t) in corrupt.iter().filter(|(b, _, at, _)| b == broker && p == *at) {
+                hit.push((
+                    id.clone(),
+                    format!("its record on {node} was corrupted at {} (commitlog {phys})", secs(*t)),
+                ));
             }
         }
-        h.unreplicated.extend(marks);
-        let corrupt = self.corrupt.lock().unwrap();
-        let mut marks = Vec::new();
-        for r in &h.records {
-            let Event::Ok { id, status, broker, .. } = &r.event else { continue };
-            let Some(phys) = positions.get(id) else { continue };
-            for (b, node, at, t) in corrupt.iter() {
-                if b == broker && status == "SEND_OK" && *phys as u64 == *at {
-                    let t = format!("{}.{:03}s", t / 1000, t % 1000);
-                    marks.push((id.clone(), format!("its record on {node} was corrupted at {t} (commitlog {phys})")));
-                }
-            }
-        }
-        h.corrupt.extend(marks);
+        h.unsynced.extend(unsynced);
+        h.unreplicated.extend(unreplicated);
+        h.corrupt.extend(hit);
     }
 }
 
@@ -152,6 +139,18 @@ impl Shared {
     fn note(&self, node: &str, text: impl Into<String>) {
         self.push(node, Event::Note(text.into()));
     }
+}
+
+/// The segment files under `dir` (named by their start offset): (start, path, bytes written).
+fn segments(disk: &SimDisk, dir: &std::path::Path) -> Vec<(u64, std::path::PathBuf, usize)> {
+    disk.files()
+        .into_iter()
+        .filter(|(p, _)| p.starts_with(dir))
+        .filter_map(|(p, written)| {
+            let base = p.file_name()?.to_str()?.parse::<u64>().ok()?;
+            Some((base, p, written))
+        })
+        .collect()
 }
 
 /// Starts of the records a commitlog segment file holds before `upto` (walking the size
@@ -678,11 +677,9 @@ impl Cluster {
             FaultKind::BitFlip => {
                 let n = self.node(&target);
                 let (disk, cfg) = (n.disk.clone().unwrap(), n.broker.clone().unwrap());
-                let dir = cfg.store.commit_log_dir();
-                let newest = disk.files().into_iter().rfind(|(p, len)| p.starts_with(&dir) && *len > 0);
-                if let Some((path, len)) = newest {
+                let newest = segments(&disk, &cfg.store.commit_log_dir()).into_iter().rfind(|(_, _, len)| *len > 0);
+                if let Some((base, path, len)) = newest {
                     // Record starts first: a flip may hit a size field.
-                    let base: u64 = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).unwrap_or(0);
                     let (starts, pos) = record_starts(&disk, &path, len);
                     let mut rng = keel_core::rt::rng();
                     let count = f.count.max(1) as usize;
@@ -722,11 +719,7 @@ impl Cluster {
                 continue;
             }
             slaves.push(n.name.clone());
-            let dir = sc.store.commit_log_dir();
-            for (path, written) in disk.files().into_iter().filter(|(p, _)| p.starts_with(&dir)) {
-                let Some(base) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok()) else {
-                    continue;
-                };
+            for (base, path, written) in segments(disk, &sc.store.commit_log_dir()) {
                 let (starts, end) = record_starts(disk, &path, written);
                 let whole = if end <= written { end } else { starts.last().copied().unwrap_or(0) };
                 if whole > 0 {
@@ -754,12 +747,8 @@ impl Cluster {
         let node = self.node(target);
         let Some(disk) = &node.disk else { return };
         if let Some(cfg) = &node.broker {
-            let dir = cfg.store.commit_log_dir();
             let mut lost_from = u64::MAX;
-            for (path, written) in disk.files().into_iter().filter(|(p, _)| p.starts_with(&dir)) {
-                let Some(base) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok()) else {
-                    continue;
-                };
+            for (base, path, written) in segments(disk, &cfg.store.commit_log_dir()) {
                 // The first byte a power loss would take.
                 let mut lo = 0usize;
                 let mut hi = written;
@@ -900,7 +889,7 @@ impl Cluster {
 
     /// Every SEND_OK message that can still be delivered has been, and every send is in.
     fn drained(&self) -> bool {
-        self.shared.mark_unsynced();
+        self.shared.mark_explained_losses();
         let h = self.shared.history.lock().unwrap();
         let mut open: BTreeSet<&str> = BTreeSet::new();
         let mut delivered: BTreeSet<&str> = BTreeSet::new();
@@ -1006,7 +995,7 @@ pub async fn run(sc: Scenario) -> Outcome {
     sleep(Duration::from_secs(2)).await;
     let sim_ms = c.shared.now_ms();
     c.shared.note("nemesis", "end");
-    c.shared.mark_unsynced();
+    c.shared.mark_explained_losses();
     let history = c.shared.history.lock().unwrap().clone();
     let report = check(&history, liveness.as_millis() as u64);
     let violations = report.violations(&c.sc.expect);

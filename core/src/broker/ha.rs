@@ -39,7 +39,7 @@ use crate::store::{meta, MessageStore, PutStatus, StoreError};
 use bytes::{Buf, BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,10 +79,10 @@ pub struct Ha {
     /// Master: sends waiting for a slave to confirm up to an offset, by (offset, ticket);
     /// each confirmation wakes exactly the ones it covers.
     waiters: Mutex<std::collections::BTreeMap<(u64, u64), oneshot::Sender<()>>>,
-    tickets: std::sync::atomic::AtomicU64,
+    tickets: AtomicU64,
     /// Master: an offset a send waited `slaveTimeout` for in vain (0: none). Until a slave
     /// confirms it, sends answer SLAVE_NOT_AVAILABLE at once instead of each waiting too.
-    stuck_at: std::sync::atomic::AtomicU64,
+    stuck_at: AtomicU64,
     /// Master: slaves connected and reporting.
     slaves: AtomicUsize,
     /// Master: wakes the transfer loops when the log grows.
@@ -125,7 +125,7 @@ impl Ha {
             acked: Mutex::new(0),
             waiters: Mutex::new(Default::default()),
             tickets: Default::default(),
-            stuck_at: std::sync::atomic::AtomicU64::new(0),
+            stuck_at: AtomicU64::new(0),
             slaves: AtomicUsize::new(0),
             grown: Notify::new(),
             master: Mutex::new(cfg.ha_master_address.clone()),
@@ -338,12 +338,8 @@ impl Ha {
             if let Some(n) = next {
                 match self.store.read_log(n, self.cfg.ha_transfer_batch_size).await {
                     Ok(data) if !data.is_empty() => {
-                        out.clear();
-                        out.put_u64(n);
-                        out.put_i32(data.len() as i32);
-                        out.extend_from_slice(&data);
-                        if let Err(e) = write_all(&mut stream, &out).await {
-                            break format!("write failed: {e}");
+                        if let Err(e) = send_frame(&mut stream, &mut out, n, &data).await {
+                            break e;
                         }
                         next = Some(n + data.len() as u64);
                         last_write = crate::rt::instant();
@@ -379,11 +375,8 @@ impl Ha {
                         break format!("no report for {} ms", housekeeping.as_millis());
                     }
                     if let Some(n) = next.filter(|_| last_write.elapsed() >= heartbeat) {
-                        out.clear();
-                        out.put_u64(n);
-                        out.put_i32(0);
-                        if let Err(e) = write_all(&mut stream, &out).await {
-                            break format!("write failed: {e}");
+                        if let Err(e) = send_frame(&mut stream, &mut out, n, &[]).await {
+                            break e;
                         }
                         last_write = crate::rt::instant();
                     }
@@ -572,22 +565,25 @@ impl Ha {
             if data.is_empty() {
                 break;
             }
-            out.clear();
-            out.put_u64(at);
-            out.put_i32(data.len() as i32);
-            out.extend_from_slice(&data);
-            write_all(stream, &out).await.map_err(|e| format!("write failed: {e}"))?;
+            send_frame(stream, &mut out, at, &data).await?;
             at += data.len() as u64;
         }
-        out.clear();
-        out.put_u64(at.max(from));
-        out.put_i32(0);
-        write_all(stream, &out).await.map_err(|e| format!("write failed: {e}"))?;
+        send_frame(stream, &mut out, at, &[]).await?;
         if at > from {
             tracing::info!(from, to = at, "HA: gave the master back the log tail it lost");
         }
         Ok(())
     }
+}
+
+/// Writes one `i64 start, i32 size, bytes` frame (empty: a heartbeat, or the end of a
+/// give-back), built in `out`.
+async fn send_frame(stream: &mut TcpStream, out: &mut BytesMut, start: u64, data: &[u8]) -> Result<(), String> {
+    out.clear();
+    out.put_u64(start);
+    out.put_i32(data.len() as i32);
+    out.extend_from_slice(data);
+    write_all(stream, out).await.map_err(|e| format!("write failed: {e}"))
 }
 
 fn push_epoch(epochs: &mut Vec<Epoch>, start_offset: u64) {

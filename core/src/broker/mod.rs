@@ -175,53 +175,41 @@ impl Broker {
     /// Slave: copies topics, subscription groups and consumer offsets from its master.
     async fn sync_from_master(self: &Arc<Self>) {
         let Some(master) = self.master_addr.lock().unwrap().clone() else { return };
-        let timeout = Duration::from_secs(3);
-        let fetch = |code: i32| {
-            let client = self.namesrv.clone();
-            let master = master.clone();
-            async move {
-                match client.invoke(&master, RemotingCommand::request(code, Default::default()), timeout).await {
-                    Ok(r) if r.code == response::SUCCESS => Some(r.body),
-                    Ok(r) => {
-                        tracing::warn!(master = %master, code, answer = r.code, remark = ?r.remark, "slave sync refused");
-                        None
-                    }
-                    Err(e) => {
-                        tracing::debug!(master = %master, code, error = %e, "slave sync failed");
-                        None
-                    }
+        if let Some(t) = self.fetch_from_master(&master, request::GET_ALL_TOPIC_CONFIG).await {
+            if self.topics.replace_from_master(t) {
+                tracing::info!(master = %master, "slave: took the master's topic config");
+                if let Err(e) = self.topics.persist(self.disk()).await {
+                    tracing::error!(error = %e, "persisting topics failed");
                 }
-            }
-        };
-        if let Some(b) = fetch(request::GET_ALL_TOPIC_CONFIG).await {
-            match body::decode(&b) {
-                Ok(t) => {
-                    if self.topics.replace_from_master(t) {
-                        tracing::info!(master = %master, "slave: took the master's topic config");
-                        if let Err(e) = self.topics.persist(self.disk()).await {
-                            tracing::error!(error = %e, "persisting topics failed");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(master = %master, error = %e, "slave sync: bad topic config body"),
             }
         }
-        if let Some(b) = fetch(request::GET_ALL_CONSUMER_OFFSET).await {
-            match body::decode(&b) {
-                Ok(t) => self.offsets.put_all(t),
-                Err(e) => tracing::warn!(master = %master, error = %e, "slave sync: bad consumer offset body"),
+        if let Some(t) = self.fetch_from_master(&master, request::GET_ALL_CONSUMER_OFFSET).await {
+            self.offsets.put_all(t);
+        }
+        if let Some(t) = self.fetch_from_master(&master, request::GET_ALL_SUBSCRIPTIONGROUP_CONFIG).await {
+            if self.groups.replace_from_master(t) {
+                if let Err(e) = self.groups.persist(self.disk()).await {
+                    tracing::error!(error = %e, "persisting subscription groups failed");
+                }
             }
         }
-        if let Some(b) = fetch(request::GET_ALL_SUBSCRIPTIONGROUP_CONFIG).await {
-            match body::decode(&b) {
-                Ok(t) => {
-                    if self.groups.replace_from_master(t) {
-                        if let Err(e) = self.groups.persist(self.disk()).await {
-                            tracing::error!(error = %e, "persisting subscription groups failed");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(master = %master, error = %e, "slave sync: bad subscription group body"),
+    }
+
+    /// One table from the master (`code`: a GET_ALL_* request), decoded; None (logged) if
+    /// the master did not answer, refused, or sent a body that does not decode.
+    async fn fetch_from_master<T: serde::de::DeserializeOwned>(&self, master: &str, code: i32) -> Option<T> {
+        let req = RemotingCommand::request(code, Default::default());
+        match self.namesrv.invoke(master, req, Duration::from_secs(3)).await {
+            Ok(r) if r.code == response::SUCCESS => {
+                body::decode(&r.body).map_err(|e| tracing::warn!(master, code, error = %e, "slave sync: bad body")).ok()
+            }
+            Ok(r) => {
+                tracing::warn!(master, code, answer = r.code, remark = ?r.remark, "slave sync refused");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(master, code, error = %e, "slave sync failed");
+                None
             }
         }
     }
