@@ -199,12 +199,9 @@ impl Broker {
     ) -> RemotingCommand {
         let (mut code, remark) = self.status_code(got.status, h.queue_offset);
         // A slave never moves a consumer (RocketMQ's offsetCheckInSlave=false): its queue may
-        // just be behind its master's, or cut and being rebuilt.
-        let next_begin = if code == response::PULL_NOT_FOUND && self.is_slave() {
-            got.next_begin_offset.max(h.queue_offset.max(0) as u64)
-        } else {
-            got.next_begin_offset
-        };
+        // just be behind its master's, or cut and being rebuilt. The consumer keeps its offset.
+        let moved = status_code(got.status, h.queue_offset).0 == response::PULL_OFFSET_MOVED;
+        let next_begin = if moved && self.is_slave() { h.queue_offset.max(0) as u64 } else { got.next_begin_offset };
         // RocketMQ's suggestWhichBrokerId: with slave reads on, the group's broker, or its
         // slave for a consumer so far behind that its reads would leave the page cache.
         let mut suggest = 0;
