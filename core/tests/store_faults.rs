@@ -112,6 +112,38 @@ async fn concurrent_sync_puts_share_syncs() {
     assert!(store.commitlog_flushed_offset() >= store.commitlog_max_offset());
 }
 
+/// Writers answered by one sync take a while to put again (over the network, a round trip):
+/// the next sync waits for them instead of carrying only the writers that were already
+/// waiting, which would split the writers into two halves taking turns.
+#[tokio::test(start_paused = true)]
+async fn a_sync_waits_for_the_writers_of_the_last_group() {
+    let disk = SimDisk::new();
+    let store = open_sim(&disk, sync_config("/s")).await;
+    let before = disk.sync_count();
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                let r = store.put(&message("T", w % 4, b"gc", None, None, &format!("U{w}-{i}"))).await.unwrap();
+                assert_eq!(r.status, PutStatus::PutOk);
+                // The round trip, longer for some writers than for others: turns of the
+                // scheduler (no time passes, so the 1 ms hold never runs out here).
+                for _ in 0..(w + 1) * 3 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let syncs = disk.sync_count() - before;
+    // 320 puts by 16 writers: whole groups are 20 syncs (syncing as soon as a put waits took
+    // 137 here).
+    assert!(syncs <= 24, "320 durable puts by 16 writers took {syncs} syncs: groups are split");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_second_store_on_the_same_directory_fails_with_the_lock_message() {
     let disk = SimDisk::new();

@@ -144,6 +144,8 @@ pub(crate) struct Inner {
     dispatched: AtomicU64,
     flushed_tx: watch::Sender<u64>,
     flush_wakeup: Notify,
+    /// SYNC_FLUSH puts appended since the flusher last took its target (group commit).
+    sync_pending: std::sync::atomic::AtomicUsize,
     shutdown_tx: watch::Sender<bool>,
     disk_full: AtomicBool,
     last_store_ts: AtomicU64,
@@ -319,6 +321,7 @@ impl MessageStore {
 
     async fn wait_durable(&self, end: u64) -> PutStatus {
         let inner = &self.inner;
+        inner.sync_pending.fetch_add(1, Ordering::AcqRel);
         inner.flush_wakeup.notify_one();
         let mut rx = inner.flushed_tx.subscribe();
         let timeout = Duration::from_millis(inner.cfg.sync_flush_timeout_ms);

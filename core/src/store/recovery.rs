@@ -52,6 +52,7 @@ pub(super) async fn open(cfg: StoreConfig, disk: Disk) -> Result<MessageStore, S
             dispatched: AtomicU64::new(0),
             flushed_tx,
             flush_wakeup: Notify::new(),
+            sync_pending: Default::default(),
             shutdown_tx,
             disk_full: AtomicBool::new(false),
             last_store_ts: AtomicU64::new(0),

@@ -2,7 +2,9 @@
 //!
 //! - commitlog flusher: under SYNC_FLUSH it wakes on every waiting put and syncs everything
 //!   appended so far, so the puts that arrive during one sync share the next one (group
-//!   commit); under ASYNC_FLUSH it syncs every `flushIntervalCommitLog` ms once
+//!   commit). Before each sync it waits (at most 1 ms) until as many puts wait as the
+//!   biggest recent group, so writers answered by the last sync are back in the next one;
+//!   under ASYNC_FLUSH it syncs every `flushIntervalCommitLog` ms once
 //!   `flushCommitLogLeastPages` pages are dirty, and everything every
 //!   `flushCommitLogThoroughInterval` ms.
 //! - checkpointer: every `flushIntervalConsumeQueue` ms syncs consume queues and index and
@@ -19,6 +21,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 const PAGE: u64 = 4096;
+/// SYNC_FLUSH group commit: the longest a sync waits for the writers of the last group.
+const GROUP_HOLD: Duration = Duration::from_millis(1);
 /// RocketMQ's force-clean level: above it the oldest files go regardless of age.
 const DISK_FORCE_CLEAN_RATIO: f64 = 0.85;
 /// At most this many commitlog segments are removed per retention pass.
@@ -54,6 +58,8 @@ impl MessageStore {
         let interval = Duration::from_millis(inner.cfg.flush_interval_commit_log_ms.max(1));
         let thorough = Duration::from_millis(inner.cfg.flush_commit_log_thorough_interval_ms);
         let mut last_full = crate::rt::instant();
+        // The most puts one sync has carried lately: the group the next sync waits for.
+        let mut peak = 1usize;
         while !self.stopping() {
             if sync {
                 // Woken by each waiting put (a Notify permit is never lost), so no polling.
@@ -62,6 +68,24 @@ impl MessageStore {
                     _ = inner.flush_wakeup.notified() => {}
                     _ = shutdown.changed() => break,
                 }
+                // The writers the last sync answered need a round trip before they put again,
+                // while the others already wait: syncing at once would carry only those, and
+                // the writers would split into two halves taking turns. So wait until as many
+                // puts wait as the biggest recent group, or GROUP_HOLD, whichever comes first
+                // (then the group is what came).
+                let mut hold = std::pin::pin!(crate::rt::time::sleep(GROUP_HOLD));
+                while inner.sync_pending.load(Ordering::Acquire) < peak {
+                    crate::rt::select! {
+                        biased;
+                        _ = shutdown.changed() => break,
+                        _ = inner.flush_wakeup.notified() => {}
+                        _ = &mut hold => {
+                            peak = inner.sync_pending.load(Ordering::Acquire).max(1);
+                            break;
+                        }
+                    }
+                }
+                peak = peak.max(inner.sync_pending.swap(0, Ordering::AcqRel));
             } else {
                 crate::rt::select! {
                     biased;
