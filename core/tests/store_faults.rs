@@ -87,6 +87,27 @@ async fn a_put_without_wait_does_not_wait_for_the_sync() {
     assert_eq!(started.elapsed(), Duration::ZERO);
 }
 
+/// `writers` tasks each put `puts` durable messages, taking `turns(writer)` turns of the
+/// scheduler after each answer before the next put.
+async fn put_from_writers(store: &MessageStore, writers: i32, puts: usize, turns: fn(i32) -> i32) {
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..puts {
+                let r = store.put(&message("T", w % 4, b"gc", None, None, &format!("U{w}-{i}"))).await.unwrap();
+                assert_eq!(r.status, PutStatus::PutOk);
+                for _ in 0..turns(w) {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn concurrent_sync_puts_share_syncs() {
     let disk = SimDisk::new();
@@ -94,19 +115,7 @@ async fn concurrent_sync_puts_share_syncs() {
     // Each sync takes 1 ms of simulated time, so puts arriving meanwhile must wait for the next.
     disk.add_fault(SimFault::SlowSync(Duration::from_millis(1)));
     let before = disk.sync_count();
-    let mut tasks = Vec::new();
-    for w in 0..64 {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..10 {
-                let r = store.put(&message("T", w % 4, b"gc", None, None, &format!("U{w}-{i}"))).await.unwrap();
-                assert_eq!(r.status, PutStatus::PutOk);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    put_from_writers(&store, 64, 10, |_| 0).await;
     let syncs = disk.sync_count() - before;
     assert!(syncs * 8 <= 640, "640 durable puts took {syncs} syncs: group commit is not grouping");
     assert!(store.commitlog_flushed_offset() >= store.commitlog_max_offset());
@@ -120,24 +129,9 @@ async fn a_sync_waits_for_the_writers_of_the_last_group() {
     let disk = SimDisk::new();
     let store = open_sim(&disk, sync_config("/s")).await;
     let before = disk.sync_count();
-    let mut tasks = Vec::new();
-    for w in 0..16 {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..20 {
-                let r = store.put(&message("T", w % 4, b"gc", None, None, &format!("U{w}-{i}"))).await.unwrap();
-                assert_eq!(r.status, PutStatus::PutOk);
-                // The round trip, longer for some writers than for others: turns of the
-                // scheduler (no time passes, so the 1 ms hold never runs out here).
-                for _ in 0..(w + 1) * 3 {
-                    tokio::task::yield_now().await;
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    // The round trip, longer for some writers than for others: turns of the scheduler (no
+    // time passes, so the 1 ms hold never runs out here).
+    put_from_writers(&store, 16, 20, |w| (w + 1) * 3).await;
     let syncs = disk.sync_count() - before;
     // 320 puts by 16 writers: whole groups are 20 syncs (syncing as soon as a put waits took
     // 137 here).
