@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Args;
 use hdrhistogram::Histogram;
-use keel_core::client::{ClientConfig, ConsumeResult, Message, Producer, PushConsumer, SendStatus};
+use keel_core::client::{Admin, ClientConfig, ConsumeResult, Message, Producer, PushConsumer, SendStatus};
 use keel_core::protocol::header::SendMessageHeader;
 use keel_core::protocol::RemotingCommand;
 use std::io::Write;
@@ -381,6 +381,12 @@ pub async fn wait_port(addr: &str) -> Result<()> {
     bail!("{addr} did not come up")
 }
 
+/// The broker's commitlog sync count and total sync time (µs) so far.
+async fn sync_totals(admin: &Admin) -> Option<(u64, u64)> {
+    let info = admin.runtime_info("127.0.0.1:10911").await.ok()?;
+    Some((info.get("flushCount")?.parse().ok()?, info.get("flushTotalMicros")?.parse().ok()?))
+}
+
 /// The whole matrix, one broker process per flush mode, with the echo baseline measured in
 /// between at each size and concurrency.
 pub async fn cluster(a: &ClusterArgs) -> Result<()> {
@@ -412,6 +418,7 @@ pub async fn cluster(a: &ClusterArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let idle_rss = rss_kib(broker.0.id()).unwrap_or(0);
         println!("== {flush}: broker idle RSS {} KiB", idle_rss);
+        let admin = Admin::new(ClientConfig::new("127.0.0.1:9876"));
         for &size in &a.sizes {
             for &threads in &a.threads {
                 let echo_o = echo("127.0.0.1:19999", size, threads, a.seconds.min(3.0)).await?;
@@ -425,8 +432,20 @@ pub async fn cluster(a: &ClusterArgs) -> Result<()> {
                     r#async: false,
                     report: a.seconds,
                 };
+                let before = sync_totals(&admin).await;
                 let o = produce(&args).await?;
                 print_percentiles(&format!("produce  {size:>5} B x{threads:<3}"), &o);
+                if let (Some((c0, us0)), Some((c1, us1))) = (before, sync_totals(&admin).await) {
+                    if c1 > c0 {
+                        let syncs = (c1 - c0) as f64;
+                        println!(
+                            "           commitlog syncs: {} ({:.1} msgs/sync, {:.0} µs/sync)",
+                            c1 - c0,
+                            o.ops as f64 / syncs,
+                            (us1 - us0) as f64 / syncs
+                        );
+                    }
+                }
                 rows.push((flush.clone(), size, threads, o, echo_o));
             }
         }
