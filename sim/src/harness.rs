@@ -45,6 +45,9 @@ struct Shared {
     last_commit: Mutex<BTreeMap<(String, String, i32), i64>>,
     /// Commitlog position of each acked message: id -> physical offset.
     positions: Mutex<BTreeMap<String, i64>>,
+    /// Every copy a consumer was given: (id, broker, queue, queue offset, physical offset,
+    /// when). A copy need not come from an answered send (a retried attempt stores one too).
+    seen: Mutex<Vec<(String, String, i32, i64, i64, u64)>>,
     /// Brokers whose boot failed (restarted at heal).
     boot_failed: Mutex<BTreeSet<String>>,
     losses: Mutex<Vec<PowerLoss>>,
@@ -122,7 +125,29 @@ impl Shared {
                 ));
             }
         }
+        // Any stored copy in an unsynced tail, answered SEND_OK or not (SLAVE_NOT_AVAILABLE,
+        // FLUSH_SLAVE_TIMEOUT, an attempt the producer retried elsewhere): its queue offset
+        // may be given out again after the power loss.
+        let mut copies: Vec<(String, i32, i64, String, i64, u64)> = Vec::new();
+        for r in &h.records {
+            if let Event::Ok { id, broker, queue, offset, .. } = &r.event {
+                if let Some(&phys) = positions.get(id) {
+                    let sent = invoked.get(id.as_str()).copied().unwrap_or(0);
+                    copies.push((broker.clone(), *queue, *offset, id.clone(), phys, sent));
+                }
+            }
+        }
+        for (id, broker, queue, offset, phys, t) in self.seen.lock().unwrap().iter() {
+            copies.push((broker.clone(), *queue, *offset, id.clone(), *phys, *t));
+        }
+        let mut lost_copies = Vec::new();
+        for (broker, queue, offset, id, phys, stored_by) in copies {
+            if losses.iter().any(|l| l.broker == broker && stored_by < l.at_ms && phys as u64 >= l.lost_from) {
+                lost_copies.push((broker, queue, offset, id));
+            }
+        }
         h.unsynced.extend(unsynced);
+        h.lost_copies.extend(lost_copies);
         h.unreplicated.extend(unreplicated);
         h.corrupt.extend(hit);
     }
@@ -310,6 +335,7 @@ impl Cluster {
             history: Mutex::new(History::default()),
             last_commit: Mutex::new(BTreeMap::new()),
             positions: Mutex::new(BTreeMap::new()),
+            seen: Mutex::new(Vec::new()),
             boot_failed: Mutex::new(BTreeSet::new()),
             losses: Mutex::new(Vec::new()),
             gone: Mutex::new(Vec::new()),
@@ -479,6 +505,16 @@ impl Cluster {
                         let listener: Listener = Arc::new(move |msgs, mq| {
                             for m in msgs {
                                 let (id, valid) = parse_body(&m.inner.body);
+                                if let Some(id) = id.as_ref().filter(|_| valid) {
+                                    s1.seen.lock().unwrap().push((
+                                        id.clone(),
+                                        mq.broker_name.clone(),
+                                        mq.queue_id,
+                                        m.queue_offset,
+                                        m.phys_offset,
+                                        s1.now_ms(),
+                                    ));
+                                }
                                 s1.push(
                                     &n1,
                                     Event::Deliver {

@@ -27,12 +27,20 @@ pub fn log_path(scenario: &str, seed: u64) -> PathBuf {
 }
 
 /// The seeds to run: `MADSIM_TEST_SEED` (with `MADSIM_TEST_NUM` seeds from it), else
-/// `MADSIM_TEST_NUM` or the scenario's `seeds` starting at 1.
-pub fn seeds(default_count: u64) -> Vec<u64> {
+/// `MADSIM_TEST_NUM` or the scenario's `seeds` starting at 1, then its regression seeds.
+pub fn seeds(default_count: u64, regressions: &[u64]) -> Vec<u64> {
     let num = std::env::var("MADSIM_TEST_NUM").ok().and_then(|n| n.parse().ok());
     match std::env::var("MADSIM_TEST_SEED").ok().and_then(|s| s.parse::<u64>().ok()) {
         Some(s) => (s..s + num.unwrap_or(1)).collect(),
-        None => (1..=num.unwrap_or(default_count)).collect(),
+        None => {
+            let mut all: Vec<u64> = (1..=num.unwrap_or(default_count)).collect();
+            for s in regressions {
+                if !all.contains(s) {
+                    all.push(*s);
+                }
+            }
+            all
+        }
     }
 }
 

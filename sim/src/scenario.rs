@@ -381,6 +381,9 @@ struct File {
     seeds: u64,
     #[serde(default = "one64")]
     snapshot_seed: u64,
+    /// Seeds that once found a bug: run with the others (unless one seed is asked for).
+    #[serde(default)]
+    regression_seeds: Vec<u64>,
     /// After the last fault heals, every acked message must be delivered within this.
     #[serde(default = "default_liveness")]
     liveness: Dur,
@@ -419,6 +422,8 @@ pub struct Scenario {
     pub description: String,
     pub seeds: u64,
     pub snapshot_seed: u64,
+    /// Seeds that once found a bug, run besides `seeds`.
+    pub regression_seeds: Vec<u64>,
     pub liveness: Dur,
     pub namesrvs: u32,
     pub brokers: Vec<BrokerNode>,
@@ -610,6 +615,7 @@ impl Scenario {
             description: f.description,
             seeds: f.seeds,
             snapshot_seed: f.snapshot_seed,
+            regression_seeds: f.regression_seeds,
             liveness: f.liveness,
             namesrvs: f.cluster.namesrvs,
             brokers,

@@ -39,7 +39,7 @@ mod under_madsim {
         let jobs: Vec<(usize, u64)> = all
             .iter()
             .enumerate()
-            .flat_map(|(i, s)| sim::seeds(s.seeds).into_iter().map(move |seed| (i, seed)))
+            .flat_map(|(i, s)| sim::seeds(s.seeds, &s.regression_seeds).into_iter().map(move |seed| (i, seed)))
             .collect();
         let next = AtomicUsize::new(0);
         let failures = Mutex::new(Vec::new());
