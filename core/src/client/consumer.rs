@@ -583,6 +583,10 @@ async fn pull_loop(c: Arc<PushConsumer>, mq: MessageQueue, st: Arc<QueueState>) 
     // Whether the last pull failed and this one went straight to another broker of the group
     // (once: with every broker of the group down, pulls pause between tries).
     let mut failed_over = false;
+    // The first pull of an assignment commits nothing: its offset was just read from the
+    // broker, and the queue's previous holder may have committed past it since (as
+    // RocketMQ's client, whose offset table has no entry for the queue until then).
+    let mut answered_once = false;
     while !st.stopped.load(Ordering::Acquire) {
         if avoid.as_ref().is_some_and(|(_, until)| crate::rt::instant() >= *until) {
             avoid = None;
@@ -601,7 +605,7 @@ async fn pull_loop(c: Arc<PushConsumer>, mq: MessageQueue, st: Arc<QueueState>) 
         let clustering = c.model == MessageModel::Clustering;
         let mut flag = pull_flag::SUSPEND | pull_flag::SUBSCRIPTION;
         // A slave does not store offsets that come with pulls.
-        if clustering && offset > 0 && !slave {
+        if clustering && offset > 0 && !slave && answered_once {
             flag |= pull_flag::COMMIT_OFFSET;
         }
         let h = PullMessageHeader {
@@ -630,6 +634,7 @@ async fn pull_loop(c: Arc<PushConsumer>, mq: MessageQueue, st: Arc<QueueState>) 
         let r = match resp {
             Ok(r) => {
                 failed_over = false;
+                answered_once = true;
                 r
             }
             Err(e) => {
