@@ -45,9 +45,9 @@ struct Shared {
     last_commit: Mutex<BTreeMap<(String, String, i32), i64>>,
     /// Commitlog position of each acked message: id -> physical offset.
     positions: Mutex<BTreeMap<String, i64>>,
-    /// Every copy a consumer was given: (id, broker, queue, queue offset, physical offset,
-    /// when). A copy need not come from an answered send (a retried attempt stores one too).
-    seen: Mutex<Vec<(String, String, i32, i64, i64, u64)>>,
+    /// Every copy a consumer was given. A copy need not come from an answered send (an
+    /// attempt the producer retried elsewhere stores one too).
+    seen: Mutex<Vec<StoredCopy>>,
     /// Brokers whose boot failed (restarted at heal).
     boot_failed: Mutex<BTreeSet<String>>,
     losses: Mutex<Vec<PowerLoss>>,
@@ -55,6 +55,17 @@ struct Shared {
     gone: Mutex<Vec<Gone>>,
     /// Commitlog records hit by a bit flip: (broker name, node, physical offset, when).
     corrupt: Mutex<Vec<(String, String, u64, u64)>>,
+}
+
+/// One stored copy of a message: where it sits and since when it is known to exist (its
+/// send's invoke, or its delivery).
+struct StoredCopy {
+    id: String,
+    broker: String,
+    queue: i32,
+    offset: i64,
+    phys: i64,
+    known_ms: u64,
 }
 
 /// A master killed for good: how far its slaves had copied its commitlog by then.
@@ -128,22 +139,22 @@ impl Shared {
         // Any stored copy in an unsynced tail, answered SEND_OK or not (SLAVE_NOT_AVAILABLE,
         // FLUSH_SLAVE_TIMEOUT, an attempt the producer retried elsewhere): its queue offset
         // may be given out again after the power loss.
-        let mut copies: Vec<(String, i32, i64, String, i64, u64)> = Vec::new();
-        for r in &h.records {
-            if let Event::Ok { id, broker, queue, offset, .. } = &r.event {
-                if let Some(&phys) = positions.get(id) {
-                    let sent = invoked.get(id.as_str()).copied().unwrap_or(0);
-                    copies.push((broker.clone(), *queue, *offset, id.clone(), phys, sent));
-                }
-            }
-        }
-        for (id, broker, queue, offset, phys, t) in self.seen.lock().unwrap().iter() {
-            copies.push((broker.clone(), *queue, *offset, id.clone(), *phys, *t));
-        }
+        let seen = self.seen.lock().unwrap();
+        let answered = h.records.iter().filter_map(|r| match &r.event {
+            Event::Ok { id, broker, queue, offset, .. } => positions.get(id).map(|&phys| StoredCopy {
+                id: id.clone(),
+                broker: broker.clone(),
+                queue: *queue,
+                offset: *offset,
+                phys,
+                known_ms: invoked.get(id.as_str()).copied().unwrap_or(0),
+            }),
+            _ => None,
+        });
         let mut lost_copies = Vec::new();
-        for (broker, queue, offset, id, phys, stored_by) in copies {
-            if losses.iter().any(|l| l.broker == broker && stored_by < l.at_ms && phys as u64 >= l.lost_from) {
-                lost_copies.push((broker, queue, offset, id));
+        for c in answered.collect::<Vec<_>>().iter().chain(seen.iter()) {
+            if losses.iter().any(|l| l.broker == c.broker && c.known_ms < l.at_ms && c.phys as u64 >= l.lost_from) {
+                lost_copies.push((c.broker.clone(), c.queue, c.offset, c.id.clone()));
             }
         }
         h.unsynced.extend(unsynced);
@@ -506,14 +517,14 @@ impl Cluster {
                             for m in msgs {
                                 let (id, valid) = parse_body(&m.inner.body);
                                 if let Some(id) = id.as_ref().filter(|_| valid) {
-                                    s1.seen.lock().unwrap().push((
-                                        id.clone(),
-                                        mq.broker_name.clone(),
-                                        mq.queue_id,
-                                        m.queue_offset,
-                                        m.phys_offset,
-                                        s1.now_ms(),
-                                    ));
+                                    s1.seen.lock().unwrap().push(StoredCopy {
+                                        id: id.clone(),
+                                        broker: mq.broker_name.clone(),
+                                        queue: mq.queue_id,
+                                        offset: m.queue_offset,
+                                        phys: m.phys_offset,
+                                        known_ms: s1.now_ms(),
+                                    });
                                 }
                                 s1.push(
                                     &n1,
