@@ -73,11 +73,15 @@ async fn a_replica_is_byte_identical_and_cuts_where_its_master_parted() {
     put(&parted, 400, 50, "b").await;
     assert!(parted.max_phys() < master.max_phys(), "the test needs the parted log to be shorter");
 
+    assert_eq!((replica.cut_generation(), replica.cut_end("T", 0)), (0, None));
     let dropped = replica.truncate_replica(cut).await.unwrap();
     assert_eq!(dropped, master.max_phys() - cut);
     for q in 0..3 {
         assert_eq!(replica.max_offset("T", q), (400 + 2 - q as u64) / 3, "queue {q} after the cut");
+        // Where a consumer that read past the cut on this slave is moved back to.
+        assert_eq!(replica.cut_end("T", q), Some(replica.max_offset("T", q)), "queue {q}'s cut end");
     }
+    assert_eq!(replica.cut_generation(), 1);
     copy(&parted, &replica, parted.max_phys()).await;
     let got = bodies(&replica).await;
     assert_eq!(got, bodies(&parted).await);

@@ -34,13 +34,17 @@ use topics::{GroupManager, OffsetManager, TopicManager};
 /// Parked long-polling pulls, one wake-up per queue. A pull that finds nothing registers
 /// for its queue *before* re-checking the queue's end, so an arrival between the read and
 /// the wait is never missed.
+/// (consumer group, topic, queue id).
+type GroupQueue = (String, String, i32);
+
 #[derive(Default)]
 pub struct PullHold {
     queues: Mutex<HashMap<(String, i32), Arc<Notify>>>,
     shutdown: Notify,
     stopping: AtomicBool,
-    /// (group, topic, queue) pulled since boot: see `Broker::past_recovered_end`.
-    pulled: Mutex<std::collections::BTreeSet<(String, String, i32)>>,
+    /// (group, topic, queue) pulled since boot, or on a slave since its last cut (whose
+    /// count is kept beside): see `Broker::past_recovered_end`.
+    pulled: Mutex<(u64, std::collections::BTreeSet<GroupQueue>)>,
 }
 
 impl PullHold {

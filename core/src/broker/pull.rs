@@ -179,13 +179,24 @@ impl Broker {
     /// read the lost ones holds an offset past the end and would skip the new ones, so the
     /// first pull of each group on each queue since boot that lies past the recovered end is
     /// answered OFFSET_MOVED back to it (RocketMQ's own answer to a pull past the end).
+    /// A slave does the same after it cut its log where its master's parts (the master lost
+    /// them): a consumer that read the cut records from the slave while the master was down
+    /// would otherwise skip the master's new records at those offsets. Its own recovery
+    /// counts for nothing there: its master resends what it lost, at the same offsets.
     /// Returns where to move.
     fn past_recovered_end(&self, h: &PullMessageHeader) -> Option<u64> {
-        if self.is_slave() {
-            return None;
-        }
-        let end = self.store.recovered_end(&h.topic, h.queue_id)?;
-        let first = self.hold.pulled.lock().unwrap().insert((h.consumer_group.clone(), h.topic.clone(), h.queue_id));
+        let (end, generation) = if self.is_slave() {
+            (self.store.cut_end(&h.topic, h.queue_id)?, self.store.cut_generation())
+        } else {
+            (self.store.recovered_end(&h.topic, h.queue_id)?, 0)
+        };
+        let first = {
+            let mut pulled = self.hold.pulled.lock().unwrap();
+            if pulled.0 != generation {
+                *pulled = (generation, Default::default());
+            }
+            pulled.1.insert((h.consumer_group.clone(), h.topic.clone(), h.queue_id))
+        };
         (first && h.queue_offset > end as i64).then_some(end)
     }
 

@@ -132,6 +132,9 @@ pub(crate) struct PutState {
     shut_down: bool,
 }
 
+/// An end offset per (topic, queue id).
+type QueueEnds = BTreeMap<(String, i32), u64>;
+
 pub(crate) struct Inner {
     cfg: StoreConfig,
     disk: Disk,
@@ -160,7 +163,11 @@ pub(crate) struct Inner {
     arrival: std::sync::OnceLock<ArrivalListener>,
     /// After a recovery that was not clean: each queue's end as recovered. Offsets past it
     /// may have been handed out before the crash and lost with an unsynced tail.
-    recovered_ends: std::sync::Mutex<Option<BTreeMap<(String, i32), u64>>>,
+    recovered_ends: std::sync::Mutex<Option<QueueEnds>>,
+    /// A slave that cut its log where it parted from its master's: how many cuts so far, and
+    /// each cut queue's lowest end after a cut. Offsets past it were given to records its
+    /// master lost, and the master gives them to new ones.
+    cut_ends: std::sync::Mutex<(u64, QueueEnds)>,
 }
 
 /// Called with (topic, queue id, new max offset) after each consume-queue entry is written.
@@ -573,6 +580,17 @@ impl MessageStore {
     pub fn recovered_end(&self, topic: &str, queue_id: i32) -> Option<u64> {
         let ends = self.inner.recovered_ends.lock().unwrap();
         Some(ends.as_ref()?.get(&(topic.to_string(), queue_id)).copied().unwrap_or(0))
+    }
+
+    /// On a slave that cut its log: the queue's end after the cut, if the cut dropped any of
+    /// its entries (see `cut_ends`).
+    pub fn cut_end(&self, topic: &str, queue_id: i32) -> Option<u64> {
+        self.inner.cut_ends.lock().unwrap().1.get(&(topic.to_string(), queue_id)).copied()
+    }
+
+    /// How many times this store (a slave) has cut queue entries; 0 if never.
+    pub fn cut_generation(&self) -> u64 {
+        self.inner.cut_ends.lock().unwrap().0
     }
 
     /// The recovered ends become the queues' current ends: a master took back from its slave

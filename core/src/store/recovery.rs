@@ -63,6 +63,7 @@ pub(super) async fn open(cfg: StoreConfig, disk: Disk) -> Result<MessageStore, S
             tasks: std::sync::Mutex::new(Vec::new()),
             arrival: std::sync::OnceLock::new(),
             recovered_ends: std::sync::Mutex::new(None),
+            cut_ends: Default::default(),
         }),
     };
     store.recover(crashed, ckpt).await?;

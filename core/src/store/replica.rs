@@ -143,10 +143,20 @@ impl MessageStore {
         let cut = end - to;
         cl.truncate(to).await?;
         let queues = inner.queues.read().unwrap().all();
+        let mut cut_queues = Vec::new();
         for cq in queues {
             if let Some((from, to_q)) = cq.truncate_dirty(boundary).await? {
                 tracing::warn!(topic = %cq.topic, queue = cq.queue_id, from, to = to_q,
                     "replica: dropped consume queue entries past the master's log");
+                cut_queues.push(((cq.topic.clone(), cq.queue_id), from));
+            }
+        }
+        if !cut_queues.is_empty() {
+            let mut cut = inner.cut_ends.lock().unwrap();
+            cut.0 += 1;
+            for (q, from) in cut_queues {
+                let e = cut.1.entry(q).or_insert(from);
+                *e = (*e).min(from);
             }
         }
         let index_from = if inner.cfg.message_index_enable {
