@@ -90,6 +90,15 @@ pub struct History {
     pub healed_ms: u64,
 }
 
+impl History {
+    /// Whether this copy of `id` at (broker, queue, offset) was lost with an unsynced tail,
+    /// so its offset may have been given out again.
+    fn copy_lost(&self, broker: &str, queue: i32, offset: i64, id: &str) -> bool {
+        self.unsynced.contains_key(id)
+            || self.lost_copies.contains(&(broker.to_string(), queue, offset, id.to_string()))
+    }
+}
+
 fn ts(ms: u64) -> String {
     format!("{:>4}.{:03}", ms / 1000, ms % 1000)
 }
@@ -317,10 +326,7 @@ pub fn check(h: &History, liveness_ms: u64) -> Report {
 
     for (pos, ids) in &at_pos {
         // An offset whose first holder was in a lost unsynced tail is legitimately reused.
-        let lost = |id: &str| {
-            h.unsynced.contains_key(id) || h.lost_copies.contains(&(pos.0.clone(), pos.1, pos.2, id.to_string()))
-        };
-        if ids.iter().filter(|id| !lost(id)).count() > 1 {
+        if ids.iter().filter(|id| !h.copy_lost(&pos.0, pos.1, pos.2, id)).count() > 1 {
             r.add("inconsistent", || {
                 format!("{}:{}@{} holds {}", pos.0, pos.1, pos.2, ids.iter().copied().collect::<Vec<_>>().join(", "))
             });
@@ -338,9 +344,7 @@ pub fn check(h: &History, liveness_ms: u64) -> Report {
             if status == "SEND_OK" {
                 *r.counts.get_mut("acked").unwrap() += 1;
             }
-            if h.unsynced.contains_key(*id)
-                || h.lost_copies.contains(&(broker.clone(), *queue, *offset, id.to_string()))
-            {
+            if h.copy_lost(broker, *queue, *offset, id) {
                 continue;
             }
             let t_inv = invoked.get(id).map_or(0, |x| x.0);

@@ -151,12 +151,15 @@ impl Shared {
             }),
             _ => None,
         });
-        let mut lost_copies = Vec::new();
-        for c in answered.collect::<Vec<_>>().iter().chain(seen.iter()) {
-            if losses.iter().any(|l| l.broker == c.broker && c.known_ms < l.at_ms && c.phys as u64 >= l.lost_from) {
-                lost_copies.push((c.broker.clone(), c.queue, c.offset, c.id.clone()));
-            }
-        }
+        let in_lost_tail = |c: &StoredCopy| {
+            losses.iter().any(|l| l.broker == c.broker && c.known_ms < l.at_ms && c.phys as u64 >= l.lost_from)
+        };
+        let key = |c: &StoredCopy| (c.broker.clone(), c.queue, c.offset, c.id.clone());
+        let lost_copies: Vec<_> = answered
+            .filter(|c| in_lost_tail(c))
+            .map(|c| key(&c))
+            .chain(seen.iter().filter(|c| in_lost_tail(c)).map(key))
+            .collect();
         h.unsynced.extend(unsynced);
         h.lost_copies.extend(lost_copies);
         h.unreplicated.extend(unreplicated);

@@ -31,12 +31,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use topics::{GroupManager, OffsetManager, TopicManager};
 
-/// Parked long-polling pulls, one wake-up per queue. A pull that finds nothing registers
-/// for its queue *before* re-checking the queue's end, so an arrival between the read and
-/// the wait is never missed.
 /// (consumer group, topic, queue id).
 type GroupQueue = (String, String, i32);
 
+/// Parked long-polling pulls, one wake-up per queue. A pull that finds nothing registers
+/// for its queue *before* re-checking the queue's end, so an arrival between the read and
+/// the wait is never missed.
 #[derive(Default)]
 pub struct PullHold {
     queues: Mutex<HashMap<(String, i32), Arc<Notify>>>,
