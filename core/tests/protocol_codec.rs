@@ -238,3 +238,17 @@ async fn a_bad_frame_closes_only_its_connection() {
     assert_eq!(again.code, 0);
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn a_server_that_shut_down_has_freed_its_port() {
+    let server = Server::bind("127.0.0.1:0", Arc::new(Echo), ServerConfig::default()).await.unwrap();
+    let addr = server.local_addr().to_string();
+    server.shutdown(Duration::from_secs(1)).await;
+    // A process restarted at once binds the same port.
+    let again = Server::bind(&addr, Arc::new(Echo), ServerConfig::default()).await.expect("the port is free again");
+    let client = RemotingClient::new();
+    let ok =
+        client.invoke(&addr, RemotingCommand::request(1, Default::default()), Duration::from_secs(3)).await.unwrap();
+    assert_eq!(ok.code, 0);
+    again.shutdown(Duration::from_secs(1)).await;
+}

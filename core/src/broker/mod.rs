@@ -460,9 +460,7 @@ impl BrokerController {
         let b = &self.broker;
         b.shutting_down.store(true, Ordering::Release);
         b.ha.shutdown();
-        for t in &self.tasks {
-            t.abort();
-        }
+        stop_tasks(self.tasks).await;
         b.unregister_all().await;
         b.hold.stopping.store(true, Ordering::Release);
         b.hold.shutdown.notify_waiters();
@@ -480,14 +478,23 @@ impl BrokerController {
     /// checkpoint; connections drop and the store is abandoned as is.
     pub async fn crash(self) {
         self.broker.ha.shutdown();
-        for t in &self.tasks {
-            t.abort();
-        }
+        stop_tasks(self.tasks).await;
         self.broker.hold.stopping.store(true, Ordering::Release);
         self.broker.hold.shutdown.notify_waiters();
         self.server.abort();
         self.broker.namesrv.close_all();
         self.broker.store.abandon().await;
+    }
+}
+
+/// Aborts the broker's own tasks and waits until they are gone, so what they own (the HA
+/// listener among them) is released when shutdown returns.
+async fn stop_tasks(tasks: Vec<crate::rt::task::JoinHandle<()>>) {
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        let _ = t.await;
     }
 }
 

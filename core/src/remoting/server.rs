@@ -75,6 +75,8 @@ pub struct Server {
     local_addr: SocketAddr,
     stop: watch::Sender<u8>,
     shared: Arc<Shared>,
+    /// The accept loop, which owns the listener: once it has ended, the port is free again.
+    accepting: std::sync::Mutex<Option<crate::rt::task::JoinHandle<()>>>,
 }
 
 impl Server {
@@ -88,8 +90,8 @@ impl Server {
         let (stop, stop_rx) = watch::channel(RUNNING);
         let shared =
             Arc::new(Shared { active: AtomicUsize::new(0), drained: Notify::new(), next_id: AtomicU64::new(1) });
-        crate::rt::spawn(accept_loop(listener, processor, cfg, stop_rx, shared.clone()));
-        Ok(Server { local_addr, stop, shared })
+        let accepting = crate::rt::spawn(accept_loop(listener, processor, cfg, stop_rx, shared.clone()));
+        Ok(Server { local_addr, stop, shared, accepting: std::sync::Mutex::new(Some(accepting)) })
     }
 
     /// Drops the listener and every connection at once, in-flight requests unanswered (a
@@ -103,9 +105,14 @@ impl Server {
     }
 
     /// Stops accepting, lets every connection finish the requests it has read, then closes
-    /// them. Waits at most `grace`.
+    /// them. Waits at most `grace` for the connections; the listening port is free when it
+    /// returns (a process restarted at once, or a test, can bind it again).
     pub async fn shutdown(&self, grace: Duration) {
         let _ = self.stop.send(DRAINING);
+        let accepting = self.accepting.lock().unwrap().take();
+        if let Some(accepting) = accepting {
+            let _ = accepting.await;
+        }
         let wait = async {
             loop {
                 let notified = self.shared.drained.notified();
