@@ -29,8 +29,10 @@ pub struct CommitLog {
     flushed: AtomicU64,
     /// forceVerifyPropCRC: records without the whole-record CRC count as corrupt.
     require_crc: bool,
-    /// warmMapedFileEnable for new segments.
+    /// warmMapedFileEnable.
     warm: bool,
+    /// SYNC_FLUSH: every group of appends is synced (see `Segment::set_write_pattern`).
+    synced_often: bool,
 }
 
 impl CommitLog {
@@ -41,6 +43,7 @@ impl CommitLog {
         segment_size: u64,
         require_crc: bool,
         warm: bool,
+        synced_often: bool,
     ) -> Result<CommitLog, StoreError> {
         assert!(segment_size as usize > BLANK_LEN * 2);
         disk.create_dir_all(&dir).await?;
@@ -55,7 +58,9 @@ impl CommitLog {
                     "commitlog segment {name} is not aligned to mappedFileSizeCommitLog {segment_size}"
                 )));
             }
-            segments.insert(base, disk.open_segment(&dir.join(&name), segment_size).await?);
+            let seg = disk.open_segment(&dir.join(&name), segment_size).await?;
+            seg.set_write_pattern(warm, synced_often);
+            segments.insert(base, seg);
         }
         let end = segments.keys().next_back().copied().unwrap_or(0);
         Ok(CommitLog {
@@ -67,6 +72,7 @@ impl CommitLog {
             flushed: AtomicU64::new(end),
             require_crc,
             warm,
+            synced_often,
         })
     }
 
@@ -102,7 +108,7 @@ impl CommitLog {
             return Ok(s);
         }
         let seg = self.disk.open_segment(&self.dir.join(file_name(base)), self.segment_size).await?;
-        seg.set_warm(self.warm);
+        seg.set_write_pattern(self.warm, self.synced_often);
         self.segments.write().unwrap().insert(base, seg.clone());
         Ok(seg)
     }

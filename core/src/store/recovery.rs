@@ -34,6 +34,7 @@ pub(super) async fn open(cfg: StoreConfig, disk: Disk) -> Result<MessageStore, S
         cfg.mapped_file_size_commit_log,
         cfg.force_verify_prop_crc,
         cfg.warm_mapped_file(),
+        cfg.flush_disk_type == super::FlushDiskType::SyncFlush,
     )
     .await?;
     let queues = load_queues(&disk, &root, &cfg).await?;

@@ -177,12 +177,13 @@ impl Segment {
         }
     }
 
-    /// Ask the real disk to write prefaulted space out ahead of the appends (RocketMQ's
-    /// warmMapedFileEnable): costs write bandwidth, makes each later sync an overwrite.
-    /// No effect on the simulated disk.
-    pub fn set_warm(&self, warm: bool) {
+    /// How the real disk prepares space ahead of the appends. `warm` writes prefaulted space
+    /// out (RocketMQ's warmMapedFileEnable): costs write bandwidth, makes each later sync an
+    /// overwrite. `synced_often` (SYNC_FLUSH) keeps its page cache in 4 KiB pages, so a sync
+    /// writes back only the pages it must. No effect on the simulated disk.
+    pub fn set_write_pattern(&self, warm: bool, synced_often: bool) {
         if let Segment::Real(s) = self {
-            s.set_warm(warm);
+            s.set_write_pattern(warm, synced_often);
         }
     }
 
