@@ -82,6 +82,8 @@ struct Outcome {
     timeouts: u64,
     syncs: u64,
     sync_nanos: u64,
+    /// Bytes the process sent (or will send) to the disk meanwhile, from `/proc/self/io`.
+    disk_bytes: Option<u64>,
 }
 
 impl Outcome {
@@ -101,6 +103,9 @@ impl Outcome {
             format!("  [{} syncs, {:.1} msgs/sync, {:.0} µs/sync]", self.syncs, self.msgs as f64 / self.syncs as f64, self.sync_nanos as f64 / self.syncs as f64 / 1000.0)
         } else {
             String::new()
+        } + &match self.disk_bytes {
+            Some(d) if self.msgs > 0 => format!("  [disk writes {:.1}x the log bytes]", d as f64 / self.bytes as f64),
+            _ => String::new(),
         }
     }
 }
@@ -114,6 +119,7 @@ async fn append_run(dir: &Path, flush: FlushDiskType, size: usize, writers: usiz
     let counter = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let started = Instant::now();
+    let disk_before = disk_write_bytes();
     let mut tasks = Vec::new();
     for _ in 0..writers {
         let (store, body, counter) = (store.clone(), body.clone(), counter.clone());
@@ -142,9 +148,18 @@ async fn append_run(dir: &Path, flush: FlushDiskType, size: usize, writers: usiz
     store.flush_all().await?;
     let elapsed = started.elapsed();
     store.shutdown().await?;
+    let disk_bytes = disk_write_bytes().zip(disk_before).map(|(a, b)| a - b);
     std::fs::remove_dir_all(dir)?;
     let msgs = hist.len();
-    Ok(Outcome { msgs, bytes: msgs * rec_len, elapsed, hist, timeouts, syncs, sync_nanos })
+    Ok(Outcome { msgs, bytes: msgs * rec_len, elapsed, hist, timeouts, syncs, sync_nanos, disk_bytes })
+}
+
+/// `write_bytes` of `/proc/self/io`: what this process has caused to be written to storage
+/// (counted as pages are dirtied, so a write through a mapping counts the whole page or
+/// folio it dirties). `None` where the kernel does not say.
+fn disk_write_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines().find_map(|l| l.strip_prefix("write_bytes: ")).and_then(|v| v.trim().parse().ok())
 }
 
 /// The physical baseline: the same number of bytes, sequential 1 MiB writes, one fdatasync.
@@ -165,7 +180,7 @@ fn raw_sequential(dir: &Path, bytes: u64) -> Result<Outcome> {
     std::fs::remove_file(&path)?;
     let mut hist = latency_histogram();
     hist.saturating_record(elapsed.as_nanos() as u64);
-    Ok(Outcome { msgs: 0, bytes, elapsed, hist, timeouts: 0, syncs: 1, sync_nanos: 0 })
+    Ok(Outcome { msgs: 0, bytes, elapsed, hist, timeouts: 0, syncs: 1, sync_nanos: 0, disk_bytes: None })
 }
 
 pub fn run_store(a: StoreArgs) -> Result<()> {
