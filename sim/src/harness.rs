@@ -151,14 +151,17 @@ impl Shared {
             }),
             _ => None,
         });
-        let in_lost_tail = |c: &StoredCopy| {
-            losses.iter().any(|l| l.broker == c.broker && c.known_ms < l.at_ms && c.phys as u64 >= l.lost_from)
+        // `stored_before` says whether a copy came from the incarnation that lost power: an
+        // answered one if it was sent before the loss; a delivered one if it was delivered
+        // before the broker came back (an answer read before the loss may arrive after it).
+        let in_lost_tail = |c: &StoredCopy, stored_before: &dyn Fn(&PowerLoss) -> bool| {
+            losses.iter().any(|l| l.broker == c.broker && stored_before(l) && c.phys as u64 >= l.lost_from)
         };
         let key = |c: &StoredCopy| (c.broker.clone(), c.queue, c.offset, c.id.clone());
         let lost_copies: Vec<_> = answered
-            .filter(|c| in_lost_tail(c))
+            .filter(|c| in_lost_tail(c, &|l| c.known_ms < l.at_ms))
             .map(|c| key(&c))
-            .chain(seen.iter().filter(|c| in_lost_tail(c)).map(key))
+            .chain(seen.iter().filter(|c| in_lost_tail(c, &|l| l.restart_ms.is_none_or(|t| c.known_ms < t))).map(key))
             .collect();
         h.unsynced.extend(unsynced);
         h.lost_copies.extend(lost_copies);
@@ -325,6 +328,16 @@ fn ip_of(role: Role, i: usize) -> IpAddr {
 
 /// A client node's config: its IP in the client id, its name as the instance (stable
 /// across restarts and seeds), its own simulated disk.
+/// Starts a node's process again, as an operator does: whatever is left of the old one (a
+/// stop still draining, or a process that ended) dies first, and the OS frees its sockets.
+/// madsim's `restart` alone keeps the old incarnation's bound ports (its `kill` frees them),
+/// so a broker restarted while its stop hung on a stalled disk could never bind again.
+fn restart_process(id: madsim::task::NodeId) {
+    let handle = Handle::current();
+    handle.kill(id);
+    handle.restart(id);
+}
+
 fn client_config(namesrv: &str, ip: IpAddr, node: &str) -> ClientConfig {
     let mut cfg = ClientConfig::new(namesrv);
     cfg.client_ip = ip.to_string();
@@ -850,7 +863,7 @@ impl Cluster {
                     l.restart_ms = Some(now);
                 }
                 self.shared.note("nemesis", format!("restart {n}"));
-                handle.restart(self.id(&n));
+                restart_process(self.id(&n));
             }
             Undo::Resume(n) => {
                 self.busy.remove(&n);
@@ -1027,7 +1040,7 @@ pub async fn run(sc: Scenario) -> Outcome {
     let failed: Vec<String> = c.shared.boot_failed.lock().unwrap().iter().cloned().collect();
     for n in failed {
         c.shared.note("nemesis", format!("restart {n} (its boot failed)"));
-        Handle::current().restart(c.id(&n));
+        restart_process(c.id(&n));
     }
     let healed = c.shared.now_ms();
     c.shared.note("nemesis", "healed");
