@@ -33,6 +33,8 @@ use topics::{GroupManager, OffsetManager, TopicManager};
 
 /// (consumer group, topic, queue id).
 type GroupQueue = (String, String, i32);
+/// A count of slave cuts, and per (group, topic, queue) the furthest next offset handed out.
+pub(crate) type HandedOut = (u64, std::collections::BTreeMap<GroupQueue, u64>);
 
 /// Parked long-polling pulls, one wake-up per queue. A pull that finds nothing registers
 /// for its queue *before* re-checking the queue's end, so an arrival between the read and
@@ -42,9 +44,10 @@ pub struct PullHold {
     queues: Mutex<HashMap<(String, i32), Arc<Notify>>>,
     shutdown: Notify,
     stopping: AtomicBool,
-    /// (group, topic, queue) pulled since boot, or on a slave since its last cut (whose
-    /// count is kept beside): see `Broker::past_recovered_end`.
-    pulled: Mutex<(u64, std::collections::BTreeSet<GroupQueue>)>,
+    /// Per (group, topic, queue) on a queue with a recovered (or, on a slave, cut) end: the
+    /// furthest next offset this broker has handed the group since boot, or on a slave since
+    /// its last cut (whose count is kept beside). See `Broker::past_recovered_end`.
+    handed_out: Mutex<HandedOut>,
 }
 
 impl PullHold {

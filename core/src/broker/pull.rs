@@ -117,7 +117,10 @@ impl Broker {
         };
         let deadline = crate::rt::instant() + wait;
         let filter = |code: i64| sub.matches_code(code);
-        if let Some(end) = self.past_recovered_end(&h) {
+        // A slave's cuts since boot, as this pull saw them: an answer to a pull that began
+        // before a cut says nothing about offsets handed out after it.
+        let generation = self.cut_generation();
+        if let Some(end) = self.past_recovered_end(&h, generation) {
             tracing::warn!(group = %h.consumer_group, topic = %h.topic, queue = h.queue_id, from = h.queue_offset, to = end,
                 "pull past the end this queue recovered to after a crash; moving the consumer back");
             let mut resp = req.response(response::PULL_OFFSET_MOVED, Some("OFFSET_OVERFLOW_BADLY".into()));
@@ -162,7 +165,9 @@ impl Broker {
         };
         // A slave whose master is up sends its consumers back there.
         let back_to_master = self.is_slave() && self.ha.master_linked();
-        self.pull_response(req, &h, &group, got, back_to_master)
+        let (resp, next) = self.pull_response(req, &h, &group, got, back_to_master);
+        self.note_handed_out(&h, next, generation);
+        resp
     }
 
     /// RocketMQ's answer for a read status; on a slave, an offset it cannot serve is "not
@@ -176,30 +181,69 @@ impl Broker {
 
     /// After a crash recovery, offsets past a queue's recovered end may have been given to
     /// messages lost with an unsynced tail, and are now given to new ones. A consumer that
-    /// read the lost ones holds an offset past the end and would skip the new ones, so the
-    /// first pull of each group on each queue since boot that lies past the recovered end is
-    /// answered OFFSET_MOVED back to it (RocketMQ's own answer to a pull past the end).
+    /// read the lost ones holds an offset past the end and would skip the new ones, so a pull
+    /// past the recovered end at an offset this broker has not handed the group since boot
+    /// is answered OFFSET_MOVED back to the end (RocketMQ's own answer to a pull past the
+    /// end). Since boot, a group's offsets only grow through this broker's answers, so one
+    /// further than any of them was read before the crash. (Moving back only the group's
+    /// first pull was not enough: a pull a consumer sent just before it died took that turn
+    /// when the broker came back, and the consumer restarted past the end.)
     /// A slave does the same after it cut its log where its master's parts (the master lost
     /// them): a consumer that read the cut records from the slave while the master was down
     /// would otherwise skip the master's new records at those offsets. Its own recovery
     /// counts for nothing there: its master resends what it lost, at the same offsets.
     /// Returns where to move.
-    fn past_recovered_end(&self, h: &PullMessageHeader) -> Option<u64> {
-        let (end, generation) = if self.is_slave() {
-            (self.store.cut_end(&h.topic, h.queue_id)?, self.store.cut_generation())
-        } else {
-            (self.store.recovered_end(&h.topic, h.queue_id)?, 0)
-        };
-        let first = {
-            let mut pulled = self.hold.pulled.lock().unwrap();
-            if pulled.0 != generation {
-                *pulled = (generation, Default::default());
-            }
-            pulled.1.insert((h.consumer_group.clone(), h.topic.clone(), h.queue_id))
-        };
-        (first && h.queue_offset > end as i64).then_some(end)
+    fn past_recovered_end(&self, h: &PullMessageHeader, generation: u64) -> Option<u64> {
+        let end = self.moved_back_end(h)?;
+        if h.queue_offset <= end as i64 {
+            return None;
+        }
+        let mut handed = self.handed_out(generation);
+        let given = handed.1.entry((h.consumer_group.clone(), h.topic.clone(), h.queue_id)).or_insert(end);
+        if h.queue_offset as u64 <= *given {
+            return None;
+        }
+        *given = (*given).max(end);
+        Some(end)
     }
 
+    /// Notes the next offset an answer hands the group, on a queue with a recovered end.
+    fn note_handed_out(&self, h: &PullMessageHeader, next: u64, generation: u64) {
+        if self.moved_back_end(h).is_some() && self.cut_generation() == generation {
+            let mut handed = self.handed_out(generation);
+            let given = handed.1.entry((h.consumer_group.clone(), h.topic.clone(), h.queue_id)).or_insert(next);
+            *given = (*given).max(next);
+        }
+    }
+
+    /// The queue's recovered end on a master, its cut end on a slave.
+    fn moved_back_end(&self, h: &PullMessageHeader) -> Option<u64> {
+        if self.is_slave() {
+            self.store.cut_end(&h.topic, h.queue_id)
+        } else {
+            self.store.recovered_end(&h.topic, h.queue_id)
+        }
+    }
+
+    /// How many times this broker, as a slave, has cut its log (0 on a master).
+    fn cut_generation(&self) -> u64 {
+        if self.is_slave() {
+            self.store.cut_generation()
+        } else {
+            0
+        }
+    }
+
+    /// The handed-out offsets, emptied when a slave has cut its log again since.
+    fn handed_out(&self, generation: u64) -> std::sync::MutexGuard<'_, super::HandedOut> {
+        let mut handed = self.hold.handed_out.lock().unwrap();
+        if handed.0 != generation {
+            *handed = (generation, Default::default());
+        }
+        handed
+    }
+
+    /// The answer, and the next offset it hands the consumer.
     fn pull_response(
         &self,
         req: &RemotingCommand,
@@ -207,7 +251,7 @@ impl Broker {
         group: &SubscriptionGroupConfig,
         got: GetResult,
         back_to_master: bool,
-    ) -> RemotingCommand {
+    ) -> (RemotingCommand, u64) {
         let (mut code, remark) = self.status_code(got.status, h.queue_offset);
         // A slave never moves a consumer (RocketMQ's offsetCheckInSlave=false): its queue may
         // just be behind its master's, or cut and being rebuilt. The consumer keeps its offset.
@@ -243,6 +287,6 @@ impl Broker {
             }
             resp.body = body.freeze();
         }
-        resp
+        (resp, next_begin)
     }
 }
