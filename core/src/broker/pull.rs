@@ -234,10 +234,11 @@ impl Broker {
         }
     }
 
-    /// The handed-out offsets, emptied when a slave has cut its log again since.
+    /// The handed-out offsets, emptied when a slave has cut its log again since (cuts only
+    /// count up; a pull that saw fewer cuts than the map leaves it as it is).
     fn handed_out(&self, generation: u64) -> std::sync::MutexGuard<'_, super::HandedOut> {
         let mut handed = self.hold.handed_out.lock().unwrap();
-        if handed.0 != generation {
+        if handed.0 < generation {
             *handed = (generation, Default::default());
         }
         handed
