@@ -326,8 +326,6 @@ fn ip_of(role: Role, i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, net, i as u8 + 1))
 }
 
-/// A client node's config: its IP in the client id, its name as the instance (stable
-/// across restarts and seeds), its own simulated disk.
 /// Starts a node's process again, as an operator does: whatever is left of the old one (a
 /// stop still draining, or a process that ended) dies first, and the OS frees its sockets.
 /// madsim's `restart` alone keeps the old incarnation's bound ports (its `kill` frees them),
@@ -338,6 +336,8 @@ fn restart_process(id: madsim::task::NodeId) {
     handle.restart(id);
 }
 
+/// A client node's config: its IP in the client id, its name as the instance (stable
+/// across restarts and seeds), its own simulated disk.
 fn client_config(namesrv: &str, ip: IpAddr, node: &str) -> ClientConfig {
     let mut cfg = ClientConfig::new(namesrv);
     cfg.client_ip = ip.to_string();

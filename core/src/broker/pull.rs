@@ -120,7 +120,8 @@ impl Broker {
         // A slave's cuts since boot, as this pull saw them: an answer to a pull that began
         // before a cut says nothing about offsets handed out after it.
         let generation = self.cut_generation();
-        if let Some(end) = self.past_recovered_end(&h, generation) {
+        let moved_back_end = self.moved_back_end(&h);
+        if let Some(end) = moved_back_end.and_then(|end| self.past_recovered_end(&h, end, generation)) {
             tracing::warn!(group = %h.consumer_group, topic = %h.topic, queue = h.queue_id, from = h.queue_offset, to = end,
                 "pull past the end this queue recovered to after a crash; moving the consumer back");
             let mut resp = req.response(response::PULL_OFFSET_MOVED, Some("OFFSET_OVERFLOW_BADLY".into()));
@@ -166,7 +167,9 @@ impl Broker {
         // A slave whose master is up sends its consumers back there.
         let back_to_master = self.is_slave() && self.ha.master_linked();
         let (resp, next) = self.pull_response(req, &h, &group, got, back_to_master);
-        self.note_handed_out(&h, next, generation);
+        if moved_back_end.is_some() {
+            self.note_handed_out(&h, next, generation);
+        }
         resp
     }
 
@@ -192,9 +195,8 @@ impl Broker {
     /// them): a consumer that read the cut records from the slave while the master was down
     /// would otherwise skip the master's new records at those offsets. Its own recovery
     /// counts for nothing there: its master resends what it lost, at the same offsets.
-    /// Returns where to move.
-    fn past_recovered_end(&self, h: &PullMessageHeader, generation: u64) -> Option<u64> {
-        let end = self.moved_back_end(h)?;
+    /// `end` is the queue's recovered (or cut) end; returns where to move.
+    fn past_recovered_end(&self, h: &PullMessageHeader, end: u64, generation: u64) -> Option<u64> {
         if h.queue_offset <= end as i64 {
             return None;
         }
@@ -207,9 +209,10 @@ impl Broker {
         Some(end)
     }
 
-    /// Notes the next offset an answer hands the group, on a queue with a recovered end.
+    /// Notes the next offset an answer hands the group, on a queue with a recovered end
+    /// (unless a slave cut its log since the pull began).
     fn note_handed_out(&self, h: &PullMessageHeader, next: u64, generation: u64) {
-        if self.moved_back_end(h).is_some() && self.cut_generation() == generation {
+        if self.cut_generation() == generation {
             let mut handed = self.handed_out(generation);
             let given = handed.1.entry((h.consumer_group.clone(), h.topic.clone(), h.queue_id)).or_insert(next);
             *given = (*given).max(next);

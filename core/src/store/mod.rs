@@ -585,7 +585,11 @@ impl MessageStore {
     /// On a slave that cut its log: the queue's end after the cut, if the cut dropped any of
     /// its entries (see `cut_ends`).
     pub fn cut_end(&self, topic: &str, queue_id: i32) -> Option<u64> {
-        self.inner.cut_ends.lock().unwrap().1.get(&(topic.to_string(), queue_id)).copied()
+        let cut = self.inner.cut_ends.lock().unwrap();
+        if cut.1.is_empty() {
+            return None; // asked on every pull: no key built while nothing was cut
+        }
+        cut.1.get(&(topic.to_string(), queue_id)).copied()
     }
 
     /// How many times this store (a slave) has cut queue entries; 0 if never.

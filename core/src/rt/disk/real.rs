@@ -117,18 +117,19 @@ impl RealSegment {
         rt.spawn_blocking(move || {
             // Best effort: an old kernel without MADV_POPULATE_WRITE just faults on write.
             let (at, len) = (from as usize, (to - from) as usize);
-            if seg.small_pages.load(Ordering::Relaxed) {
-                // Synced often (SYNC_FLUSH): fault the window in with readahead off, so its
-                // page cache is 4 KiB pages. Readahead builds large folios, and a write through
-                // the mapping dirties a whole folio: each group sync then wrote back up to a
-                // MiB for a few KiB of records (measured: 5 GB reached the disk for 83 MB
-                // appended, and a sync took 330-360 µs instead of 220-250 µs). Bulk flushes
-                // (ASYNC_FLUSH) keep the large folios, which write back with less CPU.
+            // Synced often (SYNC_FLUSH): fault the window in with readahead off, so its page
+            // cache is 4 KiB pages. Readahead builds large folios, and a write through the
+            // mapping dirties a whole folio: each group sync then wrote back up to a MiB for a
+            // few KiB of records (measured: 5 GB reached the disk for 83 MB appended, and a
+            // sync took 330-360 µs instead of 220-250 µs). Bulk flushes (ASYNC_FLUSH) keep the
+            // large folios, which write back with less CPU.
+            let small_pages = seg.small_pages.load(Ordering::Relaxed);
+            if small_pages {
                 let _ = seg.map.advise_range(memmap2::Advice::Random, at, len);
-                let _ = seg.map.advise_range(memmap2::Advice::PopulateWrite, at, len);
+            }
+            let _ = seg.map.advise_range(memmap2::Advice::PopulateWrite, at, len);
+            if small_pages {
                 let _ = seg.map.advise_range(memmap2::Advice::Normal, at, len);
-            } else {
-                let _ = seg.map.advise_range(memmap2::Advice::PopulateWrite, at, len);
             }
             if !seg.warm.load(Ordering::Relaxed) {
                 return;
