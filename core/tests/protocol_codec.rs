@@ -252,3 +252,66 @@ async fn a_server_that_shut_down_has_freed_its_port() {
     assert_eq!(ok.code, 0);
     again.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Reads from `s` until `n` whole frames are there.
+async fn read_frames(s: &mut tokio::net::TcpStream, buf: &mut BytesMut, n: usize) -> Vec<RemotingCommand> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    while got.len() < n {
+        while let Some(f) = next_frame(buf, 1 << 20).unwrap() {
+            got.push(RemotingCommand::decode(f).unwrap());
+        }
+        if got.len() < n {
+            let r = tokio::time::timeout(Duration::from_secs(5), s.read_buf(buf)).await.expect("frames arrive");
+            assert!(r.unwrap() > 0, "the client closed early");
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_burst_of_responses_reaches_every_caller_and_their_next_requests_go_out() {
+    use tokio::io::AsyncWriteExt;
+    const CALLERS: usize = 32;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let client = RemotingClient::new();
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let (client, addr) = (client.clone(), addr.clone());
+            tokio::spawn(async move {
+                for _ in 0..2 {
+                    let r =
+                        client.invoke(&addr, RemotingCommand::request(1, Default::default()), Duration::from_secs(5));
+                    assert_eq!(r.await.unwrap().code, 0);
+                }
+            })
+        })
+        .collect();
+    let (mut s, _) = listener.accept().await.unwrap();
+    let mut buf = BytesMut::new();
+    let first = read_frames(&mut s, &mut buf, CALLERS).await;
+    // Every response in one write, followed by a request of the server's own: the client gets
+    // more responses in one read than it hands out per turn, then something to answer.
+    let mut burst = BytesMut::new();
+    for req in &first {
+        req.response(0, None).encode(&mut burst);
+    }
+    let mut asked = RemotingCommand::request(9999, Default::default());
+    asked.opaque = 777;
+    asked.encode(&mut burst);
+    s.write_all(&burst).await.unwrap();
+    // Every caller's second request arrives, and so does the answer to the server's request.
+    let second = read_frames(&mut s, &mut buf, CALLERS + 1).await;
+    let answer = second.iter().find(|c| c.is_response()).expect("the client answered the server's request");
+    assert_eq!((answer.opaque, answer.code), (777, response::REQUEST_CODE_NOT_SUPPORTED));
+    let mut burst = BytesMut::new();
+    for req in second.iter().filter(|c| !c.is_response()) {
+        assert_eq!(req.code, 1);
+        req.response(0, None).encode(&mut burst);
+    }
+    s.write_all(&burst).await.unwrap();
+    for c in callers {
+        c.await.unwrap();
+    }
+}
