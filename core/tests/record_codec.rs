@@ -100,3 +100,26 @@ fn truncated_and_foreign_bytes_are_rejected() {
     wrong_magic[4..8].copy_from_slice(&0xCBD43194u32.to_be_bytes());
     assert!(matches!(check_record(&Bytes::from(wrong_magic), true), Err(RecordError::BadMagic(_))));
 }
+
+#[test]
+fn properties_are_read_as_rocketmq_writes_them() {
+    // Name \x01 value, entries separated by \x02, as MessageDecoder.string2messageProperties
+    // reads them: entries shorter than 3 bytes, without a separator, or with an empty name or
+    // value are skipped; the last of a repeated name counts; values may be non-ASCII.
+    let props = "A\u{1}x\u{2}\u{2}ab\u{2}junk\u{2}KEYS\u{1}k1 k2\u{2}TAGS\u{1}u\u{2}\u{1}nm\u{2}UNIQ_KEY\u{1}\u{2}\
+                 TAGS\u{1}tä\u{2}UNIQ_KEY\u{1}U9";
+    let all: Vec<_> = record::properties(props).collect();
+    assert_eq!(all, [("A", "x"), ("KEYS", "k1 k2"), ("TAGS", "u"), ("TAGS", "tä"), ("UNIQ_KEY", "U9")]);
+    assert_eq!(record::property(props, "TAGS"), Some("tä"));
+    assert_eq!(record::property(props, "junk"), None);
+    assert_eq!(record::property("", "TAGS"), None);
+
+    let mut msg = common::message("TopicTest", 0, b"x", None, None, "U1");
+    msg.properties = props.to_string();
+    let mut buf = Vec::new();
+    encode(&msg, &mut buf, false);
+    let info = check_record(&Bytes::from(buf), false).unwrap().dispatch_info();
+    assert_eq!(info.tags_code, java_hash("tä") as i64);
+    assert_eq!(info.keys.as_deref(), Some("k1 k2"));
+    assert_eq!(info.uniq_key.as_deref(), Some("U9"));
+}

@@ -5,7 +5,7 @@ use super::Broker;
 use crate::protocol::code::{perm, response};
 use crate::protocol::header::SendMessageHeader;
 use crate::protocol::message::{
-    decode_batch, property_pairs, rewrite_properties, PROPERTY_CLUSTER, PROPERTY_DELAY, PROPERTY_ORIGIN_MESSAGE_ID,
+    decode_batch, rewrite_properties, PROPERTY_CLUSTER, PROPERTY_DELAY, PROPERTY_ORIGIN_MESSAGE_ID,
     PROPERTY_RETRY_TOPIC,
 };
 use crate::protocol::RemotingCommand;
@@ -202,7 +202,7 @@ impl Broker {
             if record::property(&props, PROPERTY_DELAY).is_some() {
                 return req.error(response::MESSAGE_ILLEGAL, "batch messages cannot be delayed");
             }
-            let mut add: Vec<(&str, &str)> = property_pairs(&h.properties)
+            let mut add: Vec<(&str, &str)> = record::properties(&h.properties)
                 .filter(|(k, _)| *k != record::PROPERTY_WAIT && record::property(&props, k).is_none())
                 .collect();
             add.push((PROPERTY_CLUSTER, &self.cfg.broker_cluster_name));

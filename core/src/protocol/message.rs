@@ -15,14 +15,9 @@ pub const PROPERTY_RETRY_TOPIC: &str = "RETRY_TOPIC";
 pub const PROPERTY_ORIGIN_MESSAGE_ID: &str = "ORIGIN_MESSAGE_ID";
 pub const PROPERTY_DELAY: &str = "DELAY";
 
-/// `name\x01value\x02` pairs of a properties string.
-pub fn property_pairs(props: &str) -> impl Iterator<Item = (&str, &str)> {
-    props.split('\u{2}').filter(|p| !p.is_empty()).filter_map(|p| p.split_once('\u{1}'))
-}
-
 /// `props` without `drop` keys, then `add` pairs (replacing keys already present).
 pub fn rewrite_properties(props: &str, drop: &[&str], add: &[(&str, &str)]) -> String {
-    let kept = property_pairs(props).filter(|(k, _)| !drop.contains(k) && !add.iter().any(|(a, _)| a == k));
+    let kept = record::properties(props).filter(|(k, _)| !drop.contains(k) && !add.iter().any(|(a, _)| a == k));
     record::properties_to_string(kept.chain(add.iter().copied()))
 }
 

@@ -148,12 +148,30 @@ pub fn properties_to_string<'a>(props: impl IntoIterator<Item = (&'a str, &'a st
 /// The value of one property. Entries shorter than 3 chars or lacking `\x01` are skipped,
 /// as RocketMQ's parser does.
 pub fn property<'a>(props: &'a str, name: &str) -> Option<&'a str> {
-    props
-        .split(PROP_SEP)
-        .filter(|e| e.len() >= 3)
-        .filter_map(|e| e.split_once(NAME_SEP))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+    properties(props).filter(|(k, _)| *k == name).last().map(|(_, v)| v)
+}
+
+/// Every (name, value) pair of a properties string, in order, read as RocketMQ's
+/// `MessageDecoder.string2messageProperties` reads them: an entry needs at least 3 bytes, a
+/// name and a value; of a repeated name the last counts (callers take the last). The
+/// separators are ASCII, so the split is by byte (a `char` split showed in the put's profile).
+pub fn properties(props: &str) -> impl Iterator<Item = (&str, &str)> {
+    let mut rest = props;
+    std::iter::from_fn(move || {
+        while !rest.is_empty() {
+            let end = rest.bytes().position(|b| b == PROP_SEP as u8).unwrap_or(rest.len());
+            let entry = &rest[..end];
+            rest = rest.get(end + 1..).unwrap_or("");
+            if entry.len() < 3 {
+                continue;
+            }
+            match entry.bytes().position(|b| b == NAME_SEP as u8) {
+                Some(at) if at > 0 && at + 1 < entry.len() => return Some((&entry[..at], &entry[at + 1..])),
+                _ => {}
+            }
+        }
+        None
+    })
 }
 
 fn host_len(addr: &SocketAddr) -> usize {
@@ -362,18 +380,28 @@ impl DispatchInfo {
     /// The dispatch view of a stored message: the same for a fresh append and for a record
     /// read back from the log, so a rebuilt queue equals the original.
     pub fn new(msg: &MessageInner, queue_offset: i64, phys_offset: i64, size: i32, store_timestamp: i64) -> Self {
-        let props = msg.properties.as_str();
+        // One pass for the three properties dispatch reads (the last of each name counts).
+        let (mut tags, mut keys, mut uniq_key) = (None, None, None);
+        for (k, v) in properties(&msg.properties) {
+            let slot = match k {
+                PROPERTY_TAGS => &mut tags,
+                PROPERTY_KEYS => &mut keys,
+                PROPERTY_UNIQ_KEY => &mut uniq_key,
+                _ => continue,
+            };
+            *slot = Some(v);
+        }
         DispatchInfo {
             topic: msg.topic.clone(),
             queue_id: msg.queue_id,
             queue_offset,
             phys_offset,
             size,
-            tags_code: tags_code(property(props, PROPERTY_TAGS)),
+            tags_code: tags_code(tags),
             store_timestamp,
             sys_flag: msg.sys_flag,
-            keys: property(props, PROPERTY_KEYS).map(str::to_string),
-            uniq_key: property(props, PROPERTY_UNIQ_KEY).map(str::to_string),
+            keys: keys.map(str::to_string),
+            uniq_key: uniq_key.map(str::to_string),
         }
     }
 }
