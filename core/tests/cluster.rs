@@ -200,9 +200,12 @@ async fn two_masters_one_group_rebalance_and_restart() {
         sum
     };
     assert!(committed_before > 0);
+    // The restart binds the same ports, the HA port included: listenPort + 1 would be
+    // whatever port happened to be free then, maybe not.
+    let mut again = broker_config("broker-b", &nsaddr, dir_b.path(), b_port);
+    again.ha_listen_port = b.config().ha_listen_port;
     b.shutdown().await.unwrap();
-    let b =
-        BrokerController::start(broker_config("broker-b", &nsaddr, dir_b.path(), b_port), Disk::Real).await.unwrap();
+    let b = BrokerController::start(again, Disk::Real).await.unwrap();
     let mut committed_after = 0;
     for q in 0..8 {
         let mq = MessageQueue { topic: "TopicTest".into(), broker_name: "broker-b".into(), queue_id: q };

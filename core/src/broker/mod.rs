@@ -457,6 +457,11 @@ impl BrokerController {
         &self.broker.addr
     }
 
+    /// The configuration in effect, with the ports that port 0 picked filled in.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.broker.cfg
+    }
+
     /// Graceful shutdown: unregister, stop accepting, finish in-flight requests (parked
     /// pulls answered now), persist offsets, flush and checkpoint the store.
     pub async fn shutdown(self) -> Result<(), StoreError> {
