@@ -145,8 +145,7 @@ pub fn properties_to_string<'a>(props: impl IntoIterator<Item = (&'a str, &'a st
     s
 }
 
-/// The value of one property. Entries shorter than 3 chars or lacking `\x01` are skipped,
-/// as RocketMQ's parser does.
+/// The value of one property (the last, if the name repeats; see [`properties`]).
 pub fn property<'a>(props: &'a str, name: &str) -> Option<&'a str> {
     properties(props).filter(|(k, _)| *k == name).last().map(|(_, v)| v)
 }
