@@ -163,9 +163,11 @@ impl RemotingClient {
 /// writes what they queued. A read often brings a response for every sender at once (32 under
 /// the benchmark); handing them all out first would hold the first new request back until the
 /// last sender had built its own, so the peer would idle through the whole turn and get one
-/// burst. In turns of eight the peer starts on the first requests while the rest are built:
-/// at 32 senders that measured +10–40 % msgs/s against no turns, 2 and 4 fewer (more
-/// syscalls), 16 no better than none (BENCHMARKS.md, "Produce over the network").
+/// burst. In turns of eight the peer starts on the first requests while the rest are built.
+/// At 32 senders against one broker, SYNC_FLUSH 128 B went from 21–36k to 40–51k msgs/s and
+/// ASYNC_FLUSH from 66–76k to 69–123k; turns of 2 and 4 were slower (more syscalls), 16 no
+/// better than none (BENCHMARKS.md, "Responses handed out in turns", also for its cost to a
+/// CPU-starved replication setup).
 const DELIVER_PER_TURN: usize = 8;
 
 /// The connection task: writes what callers queue, reads responses and hands them out (at
