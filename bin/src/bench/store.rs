@@ -34,6 +34,10 @@ pub struct StoreArgs {
     /// Tokio worker threads (0 = current-thread runtime).
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Commitlog segment size in MiB (mappedFileSizeCommitLog; smaller means more segment
+    /// crossings per run).
+    #[arg(long, default_value_t = 1024)]
+    segment_mib: u64,
 }
 
 #[derive(Args)]
@@ -84,6 +88,8 @@ struct Outcome {
     sync_nanos: u64,
     /// Bytes the process sent (or will send) to the disk meanwhile, from `/proc/self/io`.
     disk_bytes: Option<u64>,
+    /// Latency (ns) of each put that opened a new commitlog segment (the first record there).
+    crossings: Vec<u64>,
 }
 
 impl Outcome {
@@ -106,13 +112,30 @@ impl Outcome {
         } + &match self.disk_bytes {
             Some(d) if self.msgs > 0 => format!("  [disk writes {:.1}x the log bytes]", d as f64 / self.bytes as f64),
             _ => String::new(),
+        } + &if self.crossings.is_empty() {
+            String::new()
+        } else {
+            let us: Vec<String> = self.crossings.iter().map(|n| format!("{:.0}", *n as f64 / 1000.0)).collect();
+            format!("  [puts opening a segment: {} µs]", us.join(", "))
         }
     }
 }
 
-async fn append_run(dir: &Path, flush: FlushDiskType, size: usize, writers: usize, secs: f64) -> Result<Outcome> {
+async fn append_run(
+    dir: &Path,
+    flush: FlushDiskType,
+    size: usize,
+    writers: usize,
+    secs: f64,
+    segment: u64,
+) -> Result<Outcome> {
     let _ = std::fs::remove_dir_all(dir);
-    let cfg = StoreConfig { store_path_root_dir: dir.to_path_buf(), flush_disk_type: flush, ..StoreConfig::default() };
+    let cfg = StoreConfig {
+        store_path_root_dir: dir.to_path_buf(),
+        flush_disk_type: flush,
+        mapped_file_size_commit_log: segment,
+        ..StoreConfig::default()
+    };
     let store = MessageStore::open(cfg, Disk::Real).await.context("open store")?;
     let body = Bytes::from(vec![b'x'; size]);
     let rec_len = record_len(&message(&body, 0), store.config().enabled_append_prop_crc) as u64;
@@ -126,22 +149,29 @@ async fn append_run(dir: &Path, flush: FlushDiskType, size: usize, writers: usiz
         tasks.push(tokio::spawn(async move {
             let mut hist = latency_histogram();
             let mut timeouts = 0;
+            let mut crossings = Vec::new();
             while Instant::now() < deadline {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let t = Instant::now();
                 let r = store.put(&message(&body, n)).await.expect("put");
-                hist.saturating_record(t.elapsed().as_nanos() as u64);
+                let nanos = t.elapsed().as_nanos() as u64;
+                hist.saturating_record(nanos);
                 timeouts += u64::from(r.status != PutStatus::PutOk);
+                if r.phys_offset > 0 && r.phys_offset % segment == 0 {
+                    crossings.push(nanos);
+                }
             }
-            (hist, timeouts)
+            (hist, timeouts, crossings)
         }));
     }
     let mut hist = latency_histogram();
     let mut timeouts = 0;
+    let mut crossings = Vec::new();
     for t in tasks {
-        let (h, to) = t.await?;
+        let (h, to, c) = t.await?;
         hist.add(h).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         timeouts += to;
+        crossings.extend(c);
     }
     // Durable at the end in both modes, like the baseline's final fdatasync.
     let (syncs, sync_nanos) = store.flush_stats();
@@ -151,7 +181,7 @@ async fn append_run(dir: &Path, flush: FlushDiskType, size: usize, writers: usiz
     let disk_bytes = disk_write_bytes().zip(disk_before).map(|(a, b)| a - b);
     std::fs::remove_dir_all(dir)?;
     let msgs = hist.len();
-    Ok(Outcome { msgs, bytes: msgs * rec_len, elapsed, hist, timeouts, syncs, sync_nanos, disk_bytes })
+    Ok(Outcome { msgs, bytes: msgs * rec_len, elapsed, hist, timeouts, syncs, sync_nanos, disk_bytes, crossings })
 }
 
 /// `write_bytes` of `/proc/self/io`: what this process has caused to be written to storage
@@ -180,7 +210,17 @@ fn raw_sequential(dir: &Path, bytes: u64) -> Result<Outcome> {
     std::fs::remove_file(&path)?;
     let mut hist = latency_histogram();
     hist.saturating_record(elapsed.as_nanos() as u64);
-    Ok(Outcome { msgs: 0, bytes, elapsed, hist, timeouts: 0, syncs: 1, sync_nanos: 0, disk_bytes: None })
+    Ok(Outcome {
+        msgs: 0,
+        bytes,
+        elapsed,
+        hist,
+        timeouts: 0,
+        syncs: 1,
+        sync_nanos: 0,
+        disk_bytes: None,
+        crossings: Vec::new(),
+    })
 }
 
 pub fn run_store(a: StoreArgs) -> Result<()> {
@@ -200,7 +240,7 @@ pub fn run_store(a: StoreArgs) -> Result<()> {
                 other => anyhow::bail!("--flush: '{other}' is not async or sync"),
             };
             for &w in &a.writers {
-                let o = rt.block_on(append_run(&a.dir.join("run"), mode, size, w, a.seconds))?;
+                let o = rt.block_on(append_run(&a.dir.join("run"), mode, size, w, a.seconds, a.segment_mib << 20))?;
                 let mbps = o.bytes as f64 / o.elapsed.as_secs_f64() / 1e6;
                 let label = format!("{}_FLUSH {size} B x{w} writers", flush.to_uppercase());
                 println!("{}", o.line(&label));
