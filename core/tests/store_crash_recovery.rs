@@ -245,3 +245,62 @@ fn write_at(path: &std::path::Path, pos: u64, data: &[u8]) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(data, pos).unwrap();
 }
+
+/// The next commitlog segment is opened ahead of need (RocketMQ's AllocateMappedFileService),
+/// so the put that crosses into it does not wait for its preallocation. Its file is not part
+/// of the log: recovery keeps it as the next segment while it holds nothing, and removes
+/// whatever lies beyond the recovered end.
+#[tokio::test(start_paused = true)]
+async fn a_segment_opened_ahead_stays_out_of_the_log_until_needed() {
+    let disk = SimDisk::new();
+    let cfg = small_config("/s");
+    let size = cfg.mapped_file_size_commit_log;
+    let file = |n: u64| cfg.commit_log_dir().join(format!("{:020}", n * size));
+    let store = open_sim(&disk, cfg.clone()).await;
+    store.put(&message("T", 0, b"first", None, None, "U0")).await.unwrap();
+    store.shutdown().await.unwrap();
+    assert!(disk.exists(&file(1)).await.unwrap(), "the next segment was opened ahead");
+
+    // A clean restart keeps it waiting, outside the log.
+    let store = open_sim(&disk, cfg.clone()).await;
+    assert!(store.recovered_cleanly());
+    assert_eq!(store.file_counts().await.0, 1);
+    assert!(disk.exists(&file(1)).await.unwrap());
+
+    // Fill most of the first segment durably, then write into the third without syncing.
+    let mut durable = 1;
+    while store.commitlog_max_offset() < size - 3000 {
+        store.put(&message("T", 0, &[1u8; 900], None, None, &format!("U{durable}"))).await.unwrap();
+        durable += 1;
+    }
+    store.flush_all().await.unwrap();
+    let mut n = durable;
+    while store.commitlog_max_offset() < 2 * size + 1000 {
+        store.put(&message("T", 0, &[2u8; 900], None, None, &format!("U{n}"))).await.unwrap();
+        n += 1;
+    }
+    assert_eq!(store.file_counts().await.0, 3);
+    store.abandon().await;
+    disk.power_loss(&mut SmallRng::seed_from_u64(3), false);
+
+    // The log ends in the first segment. The second, empty again, waits as the next one; the
+    // third and the one opened ahead of it are gone.
+    let store = open_sim(&disk, cfg.clone()).await;
+    assert_eq!(store.max_offset("T", 0), durable);
+    assert_eq!(store.file_counts().await.0, 1);
+    assert!(disk.exists(&file(1)).await.unwrap());
+    assert!(!disk.exists(&file(2)).await.unwrap());
+    assert!(!disk.exists(&file(3)).await.unwrap());
+
+    // Writing goes on into it, and everything reads back.
+    while store.commitlog_max_offset() < size + 1000 {
+        store.put(&message("T", 0, &[3u8; 900], None, None, &format!("V{n}"))).await.unwrap();
+        n += 1;
+    }
+    assert_eq!(store.file_counts().await.0, 2);
+    store.check_integrity().await.unwrap();
+    let total = store.max_offset("T", 0);
+    let got = store.get_message("T", 0, 0, total as usize, 1 << 30, None).await.unwrap();
+    assert_eq!(got.messages.len() as u64, total);
+    store.shutdown().await.unwrap();
+}

@@ -247,6 +247,7 @@ impl MessageStore {
             let _ = t.await;
         }
         self.flush_all().await?;
+        inner.commitlog.settle_ahead().await;
         inner.disk.remove_file(&inner.root.join("abort")).await?;
         inner.lock.lock().unwrap().take();
         tracing::info!(end = inner.commitlog.write_pos(), "store shut down cleanly");
@@ -262,6 +263,7 @@ impl MessageStore {
         for t in tasks {
             t.abort();
         }
+        self.inner.commitlog.abandon_ahead();
         self.inner.lock.lock().unwrap().take();
     }
 }

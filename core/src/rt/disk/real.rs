@@ -114,40 +114,45 @@ impl RealSegment {
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let seg = this.clone();
-        rt.spawn_blocking(move || {
-            // Best effort: an old kernel without MADV_POPULATE_WRITE just faults on write.
-            let (at, len) = (from as usize, (to - from) as usize);
-            // Synced often (SYNC_FLUSH): fault the window in with readahead off, so its page
-            // cache is 4 KiB pages. Readahead builds large folios, and a write through the
-            // mapping dirties a whole folio: each group sync then wrote back up to a MiB for a
-            // few KiB of records (measured: 5 GB reached the disk for 83 MB appended, and a
-            // sync took 330-360 µs instead of 220-250 µs). Bulk flushes (ASYNC_FLUSH) keep the
-            // large folios, which write back with less CPU.
-            let small_pages = seg.small_pages.load(Ordering::Relaxed);
-            if small_pages {
-                let _ = seg.map.advise_range(memmap2::Advice::Random, at, len);
-            }
-            let _ = seg.map.advise_range(memmap2::Advice::PopulateWrite, at, len);
-            if small_pages {
-                let _ = seg.map.advise_range(memmap2::Advice::Normal, at, len);
-            }
-            if !seg.warm.load(Ordering::Relaxed) {
-                return;
-            }
-            // Warm the window on disk too: writing its zeros turns ext4's unwritten extents
-            // into written ones now, so a later sync of real data is a plain overwrite
-            // (measured: ~100 µs instead of ~180 µs per synced page here).
-            use std::os::fd::AsRawFd;
-            // SAFETY: plain syscall on an open descriptor owned by `seg`.
-            unsafe {
-                libc::sync_file_range(
-                    seg.file.as_raw_fd(),
-                    from as i64,
-                    (to - from) as i64,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
-        });
+        rt.spawn_blocking(move || seg.populate(from, to));
+    }
+
+    /// A segment opened ahead of need: faults in its first windows now, on the calling
+    /// (blocking) thread, so the put that crosses into it finds them ready.
+    pub fn populate_start(&self) {
+        let to = (2 * POPULATE_WINDOW).min(self.size);
+        self.populated.store(to, Ordering::Relaxed);
+        self.populate(0, to);
+    }
+
+    fn populate(&self, from: u64, to: u64) {
+        // Best effort: an old kernel without MADV_POPULATE_WRITE just faults on write.
+        let (at, len) = (from as usize, (to - from) as usize);
+        // Synced often (SYNC_FLUSH): fault the window in with readahead off, so its page
+        // cache is 4 KiB pages. Readahead builds large folios, and a write through the
+        // mapping dirties a whole folio: each group sync then wrote back up to a MiB for a
+        // few KiB of records (measured: 5 GB reached the disk for 83 MB appended, and a
+        // sync took 330-360 µs instead of 220-250 µs). Bulk flushes (ASYNC_FLUSH) keep the
+        // large folios, which write back with less CPU.
+        let small_pages = self.small_pages.load(Ordering::Relaxed);
+        if small_pages {
+            let _ = self.map.advise_range(memmap2::Advice::Random, at, len);
+        }
+        let _ = self.map.advise_range(memmap2::Advice::PopulateWrite, at, len);
+        if small_pages {
+            let _ = self.map.advise_range(memmap2::Advice::Normal, at, len);
+        }
+        if !self.warm.load(Ordering::Relaxed) {
+            return;
+        }
+        // Warm the window on disk too: writing its zeros turns ext4's unwritten extents
+        // into written ones now, so a later sync of real data is a plain overwrite
+        // (measured: ~100 µs instead of ~180 µs per synced page here).
+        use std::os::fd::AsRawFd;
+        // SAFETY: plain syscall on an open descriptor owned by `self`.
+        unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), from as i64, (to - from) as i64, libc::SYNC_FILE_RANGE_WRITE);
+        }
     }
 
     pub fn set_write_pattern(&self, warm: bool, small_pages: bool) {
