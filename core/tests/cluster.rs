@@ -374,3 +374,70 @@ fn walk(dir: &Path) -> Vec<String> {
     }
     out
 }
+
+/// An ASYNC_FLUSH master loses power after it wrote a consumer's offsets but before the log
+/// they count was synced. Before a new message takes one of the lost offsets, the committed
+/// offset is moved back to the queue's recovered end and written out, so a consumer resuming
+/// from it after a later clean restart reads the new messages instead of skipping them. A
+/// commit past the end at an offset the broker never handed out is kept at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_committed_past_a_lost_tail_move_back_before_new_messages_take_those_offsets() {
+    common::init_logs();
+    let ns =
+        NameServer::start(NamesrvConfig { listen_addr: "127.0.0.1:0".into(), ..Default::default() }).await.unwrap();
+    let nsaddr = ns.local_addr().to_string();
+    let disk = keel_core::rt::disk::SimDisk::new();
+    let mut cfg = broker_config("broker-a", &nsaddr, Path::new("/s"), 0);
+    cfg.store.flush_interval_commit_log_ms = 3_600_000; // the log never becomes durable
+    cfg.flush_consumer_offset_interval_ms = 100;
+    let a = BrokerController::start(cfg, Disk::Sim(disk.clone())).await.unwrap();
+    let cfg = a.config().clone(); // the ports it took, for the restarts
+    let admin = Admin::new(ClientConfig::new(&nsaddr));
+    let tc = TopicConfig { topic_name: "Lost".into(), read_queue_nums: 1, write_queue_nums: 1, ..Default::default() };
+    admin.create_topic(a.addr(), &tc).await.unwrap();
+    wait_until("the topic in the route", Duration::from_secs(10), || async { admin.topic_route("Lost").await.is_ok() })
+        .await;
+    let producer = Producer::start("PG", ClientConfig::new(&nsaddr)).await.unwrap();
+    for i in 0..5 {
+        producer.send(&Message::new("Lost", format!("old {i}"))).await.unwrap();
+    }
+    let mq = MessageQueue { topic: "Lost".into(), broker_name: "broker-a".into(), queue_id: 0 };
+    let commit = |offset: i64| {
+        let ext = BTreeMap::from([
+            ("consumerGroup".to_string(), "CG".to_string()),
+            ("topic".to_string(), "Lost".to_string()),
+            ("queueId".to_string(), "0".to_string()),
+            ("commitOffset".to_string(), offset.to_string()),
+        ]);
+        RemotingCommand::request(request::UPDATE_CONSUMER_OFFSET, ext)
+    };
+    assert_eq!(admin.broker(a.addr(), commit(5)).await.unwrap().code, response::SUCCESS);
+    let offsets_file = keel_core::store::meta::config_dir(Path::new("/s")).join("consumerOffset.json");
+    wait_until("the committed offset written out", Duration::from_secs(10), || async {
+        let file = disk.read_file(&offsets_file).await.unwrap().unwrap_or_default();
+        String::from_utf8_lossy(&file).contains("Lost@CG")
+    })
+    .await;
+    a.crash().await;
+    disk.power_loss(&mut <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(1), false);
+
+    let a = BrokerController::start(cfg.clone(), Disk::Sim(disk.clone())).await.unwrap();
+    assert_eq!(admin.query_consumer_offset(a.addr(), "CG", &mq).await.unwrap(), 5, "nothing moves before a put");
+    for i in 0..2u64 {
+        let r = producer.send(&Message::new("Lost", format!("new {i}"))).await.unwrap();
+        assert_eq!(r.queue_offset, i, "the lost offsets are given again");
+    }
+    assert_eq!(admin.query_consumer_offset(a.addr(), "CG", &mq).await.unwrap(), 0, "moved back before the put");
+    // A consumer that read the lost messages commits their end: kept at the recovered end.
+    assert_eq!(admin.broker(a.addr(), commit(5)).await.unwrap().code, response::SUCCESS);
+    assert_eq!(admin.query_consumer_offset(a.addr(), "CG", &mq).await.unwrap(), 0);
+
+    a.shutdown().await.unwrap();
+    let a = BrokerController::start(cfg, Disk::Sim(disk.clone())).await.unwrap();
+    assert_eq!(admin.query_consumer_offset(a.addr(), "CG", &mq).await.unwrap(), 0, "the move back was written");
+    let stats = admin.topic_stats(a.addr(), "Lost").await.unwrap();
+    assert_eq!(stats[&mq].max_offset, 2, "the new messages are there to read from it");
+    producer.shutdown().await;
+    a.shutdown().await.unwrap();
+    ns.shutdown().await;
+}

@@ -106,6 +106,7 @@ impl Broker {
         })();
         match parsed {
             Ok((group, topic, qid, offset)) => {
+                let offset = self.committable(&group, &topic, qid, offset);
                 self.offsets.commit(&group, &topic, qid, offset);
                 req.response(response::SUCCESS, None)
             }

@@ -120,6 +120,9 @@ pub struct Broker {
     master_addr: Mutex<Option<String>>,
     boot_ms: u64,
     shutting_down: AtomicBool,
+    /// Set once committed offsets were checked against the queues' recovered ends, before
+    /// the first put of this boot (see `Broker::settle_offsets`).
+    offsets_settled: crate::rt::sync::OnceCell<()>,
 }
 
 impl Broker {
@@ -377,6 +380,7 @@ impl BrokerController {
             namesrv: RemotingClient::new(),
             boot_ms: crate::rt::now_ms(),
             shutting_down: AtomicBool::new(false),
+            offsets_settled: Default::default(),
         });
         let weak = Arc::downgrade(&broker);
         broker.store.set_arrival_listener(Arc::new(move |topic, queue_id, _max| {

@@ -134,7 +134,8 @@ impl Broker {
         // The offset the consumer commits with this pull is stored on arrival, as RocketMQ's
         // first pass does (a pull that then waits still committed it).
         if h.sys_flag & pull_flag::COMMIT_OFFSET != 0 && !self.is_slave() && h.commit_offset >= 0 {
-            self.offsets.commit(&h.consumer_group, &h.topic, h.queue_id, h.commit_offset);
+            let offset = self.committable(&h.consumer_group, &h.topic, h.queue_id, h.commit_offset);
+            self.offsets.commit(&h.consumer_group, &h.topic, h.queue_id, offset);
         }
         let got = loop {
             // Register before reading, so an arrival between the read and the wait wakes us.
@@ -207,6 +208,56 @@ impl Broker {
         }
         *given = (*given).max(end);
         Some(end)
+    }
+
+    /// Before the first put after a recovery that lost a log tail: a committed offset past a
+    /// queue's recovered end counts messages that are gone, and the new messages about to
+    /// take those offsets would be skipped by a consumer resuming there. The pull-side move
+    /// back (`past_recovered_end`) catches a consumer that pulls while this broker still
+    /// knows the end, but not one that comes back after a later restart. So such offsets are
+    /// moved back to the end and written out before any put reuses an offset. Nothing past
+    /// the end has been handed out before the first put, so no such offset is this boot's.
+    /// A master taking back its lost tail from a slave takes no puts until that is done, and
+    /// its ends have risen by then.
+    pub(super) async fn settle_offsets(&self) {
+        if self.is_slave() || self.offsets_settled.initialized() {
+            return;
+        }
+        self.offsets_settled
+            .get_or_init(|| async {
+                let moved = self.offsets.move_back_past(|topic, queue_id| self.store.recovered_end(topic, queue_id));
+                for (group, topic, queue, from, to) in &moved {
+                    tracing::warn!(%group, %topic, queue, from, to,
+                        "committed offset past the end this queue recovered to after a crash; moved back");
+                }
+                if !moved.is_empty() {
+                    if let Err(e) = self.offsets.persist(self.disk(), true).await {
+                        tracing::error!(error = %e, "persisting consumer offsets failed");
+                    }
+                }
+            })
+            .await;
+    }
+
+    /// The offset to keep for a commit: one past a queue's recovered end that this broker has
+    /// not handed the group since boot was read before the crash, and is kept at the end
+    /// (see `settle_offsets`). While a master takes back its lost tail, commits are kept as
+    /// they are; `settle_offsets` checks them against the risen ends.
+    pub(super) fn committable(&self, group: &str, topic: &str, queue_id: i32, offset: i64) -> i64 {
+        if self.is_slave() || self.ha.reclaiming() {
+            return offset;
+        }
+        let Some(end) = self.store.recovered_end(topic, queue_id) else { return offset };
+        if offset <= end as i64 {
+            return offset;
+        }
+        let handed = self.handed_out(0);
+        let given = handed.1.get(&(group.to_string(), topic.to_string(), queue_id)).copied().unwrap_or(end);
+        if offset as u64 <= given {
+            offset
+        } else {
+            end as i64
+        }
     }
 
     /// Notes the next offset an answer hands the group, on a queue with a recovered end

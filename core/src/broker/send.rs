@@ -157,6 +157,7 @@ impl Broker {
             Ok(x) => x,
             Err(resp) => return resp,
         };
+        self.settle_offsets().await;
         let (topic, queue_id) =
             self.redirect_retry(&h.topic, queue_id, h.reconsume_times, h.max_reconsume_times, req.version);
         let wait = record::property(&h.properties, record::PROPERTY_WAIT) != Some("false");
@@ -197,6 +198,7 @@ impl Broker {
             Err(e) => return req.error(response::MESSAGE_ILLEGAL, format!("malformed batch body: {e}")),
         };
         let wait = record::property(&h.properties, record::PROPERTY_WAIT) != Some("false");
+        self.settle_offsets().await;
         let mut msgs = Vec::with_capacity(inner.len());
         for (flag, body, props) in inner {
             if record::property(&props, PROPERTY_DELAY).is_some() {
@@ -369,6 +371,7 @@ impl Broker {
             reconsume_times: reconsume + 1,
             prepared_tx_offset: 0,
         };
+        self.settle_offsets().await;
         match self.store.put_opts(&msg, true).await {
             Ok(_) => req.response(response::SUCCESS, None),
             Err(e) => req.error(response::SYSTEM_ERROR, e.to_string()),

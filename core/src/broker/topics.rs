@@ -189,6 +189,26 @@ impl OffsetManager {
         self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Moves every committed offset past `end(topic, queue)` back to it; returns each move as
+    /// (group, topic, queue, from, to).
+    pub fn move_back_past(&self, end: impl Fn(&str, i32) -> Option<u64>) -> Vec<(String, String, i32, i64, i64)> {
+        let mut moved = Vec::new();
+        let mut t = self.table.lock().unwrap();
+        for (key, queues) in t.offset_table.iter_mut() {
+            let Some((topic, group)) = key.split_once('@') else { continue };
+            for (&queue_id, offset) in queues.iter_mut() {
+                if let Some(end) = end(topic, queue_id).map(|e| e as i64).filter(|e| *offset > *e) {
+                    moved.push((group.to_string(), topic.to_string(), queue_id, *offset, end));
+                    *offset = end;
+                }
+            }
+        }
+        if !moved.is_empty() {
+            self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        moved
+    }
+
     /// A slave takes its master's offsets over its own, queue by queue (RocketMQ's putAll
     /// of whole `topic@group` entries would drop queues only the slave has seen committed).
     pub fn put_all(&self, master: ConsumerOffsetTable) {
