@@ -75,6 +75,42 @@ async fn a_sync_slower_than_sync_flush_timeout_answers_flush_disk_timeout() {
     assert_eq!(r.status, PutStatus::PutOk);
 }
 
+/// Under SYNC_FLUSH a segment's appends are held by the process until the next sync hands
+/// them to the OS (as the real disk does): a crash keeps what a sync took, and loses the
+/// appends that came while that sync hung, none of which was answered.
+#[tokio::test(start_paused = true)]
+async fn a_crash_under_sync_flush_loses_only_appends_no_sync_took() {
+    let disk = SimDisk::new();
+    let cfg = sync_config("/s");
+    let store = open_sim(&disk, cfg.clone()).await;
+    let r = store.put(&message("T", 0, b"synced", None, None, "U1")).await.unwrap();
+    assert_eq!(r.status, PutStatus::PutOk);
+    disk.add_fault(SimFault::SlowSync(Duration::from_secs(60)));
+    let put = |body: &'static [u8], uniq: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move { store.put(&message("T", 0, body, None, None, uniq)).await })
+    };
+    let taken = put(b"taken by the hung sync", "U2");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let held = put(b"held by the process", "U3");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(store.max_offset("T", 0), 3, "all three are stored and readable");
+    let segment = cfg.commit_log_dir().join("00000000000000000000");
+    let held_from = disk.crash_loses_from(&segment).expect("appends since the sync began are held");
+    store.abandon().await;
+    taken.abort();
+    held.abort();
+    disk.crash();
+    disk.clear_faults();
+    let store = open_sim(&disk, cfg).await;
+    assert_eq!(store.max_offset("T", 0), 2, "the held append is gone, the one the sync took is not");
+    assert_eq!(store.commitlog_max_offset(), held_from as u64);
+    let got = store.get_message("T", 0, 0, 8, 1 << 20, None).await.unwrap();
+    let bodies: Vec<_> = got.messages.iter().map(|m| m.phys_offset).collect();
+    assert_eq!(bodies.len(), 2);
+    store.check_integrity().await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_put_without_wait_does_not_wait_for_the_sync() {
     let disk = SimDisk::new();

@@ -77,13 +77,17 @@ struct Gone {
     replicated_to: u64,
 }
 
-/// A broker's power loss: from which commitlog offset its bytes were gone.
+/// A broker's power loss, or a crash of a SYNC_FLUSH broker that still held appends since
+/// its last sync: from which commitlog offset its bytes were gone.
 struct PowerLoss {
     broker: String,
     node: String,
     at_ms: u64,
     restart_ms: Option<u64>,
     lost_from: u64,
+    /// A process crash: only unsynced, so never answered, appends went; no acked loss is
+    /// explained by it.
+    crash: bool,
 }
 
 impl Shared {
@@ -112,7 +116,7 @@ impl Shared {
             let Some(&phys) = positions.get(id).filter(|_| status == "SEND_OK") else { continue };
             let p = phys as u64;
             let sent = invoked.get(id.as_str()).copied().unwrap_or(0);
-            for l in losses.iter().filter(|l| &l.broker == broker) {
+            for l in losses.iter().filter(|l| &l.broker == broker && !l.crash) {
                 let same_incarnation = sent < l.at_ms && l.restart_ms.is_none_or(|t| r.t_ms < t);
                 if same_incarnation && p >= l.lost_from {
                     let why = format!("not synced at {}'s power loss at {} (commitlog {phys})", l.node, secs(l.at_ms));
@@ -282,7 +286,7 @@ impl Planned {
             let g: Vec<String> = self.groups.iter().map(|g| format!("[{}]", g.join(" "))).collect();
             s += &format!(" {}", g.join(" | "));
         }
-        if matches!(self.kind, FaultKind::Latency | FaultKind::DiskSlow) {
+        if matches!(self.kind, FaultKind::Latency | FaultKind::DiskSlow | FaultKind::DiskSlowSync) {
             s += &format!(" +{}ms", self.latency.as_millis());
         }
         if self.kind == FaultKind::Loss {
@@ -662,17 +666,13 @@ impl Cluster {
         Some(match f.kind {
             FaultKind::Crash => {
                 handle.kill(self.id(&target));
-                if let Some(d) = &self.node(&target).disk {
-                    d.crash();
-                }
+                self.process_crash(&target);
                 Undo::Restart(target)
             }
             FaultKind::Kill => {
                 self.note_gone(&target);
                 handle.kill(self.id(&target));
-                if let Some(d) = &self.node(&target).disk {
-                    d.crash();
-                }
+                self.process_crash(&target);
                 // Never undone: the node stays down (and busy) to the end.
                 Undo::Nothing
             }
@@ -724,13 +724,18 @@ impl Cluster {
                 net.update_config(|c| c.packet_loss_rate = r);
                 Undo::NetConfig
             }
-            FaultKind::DiskStall | FaultKind::DiskSlow | FaultKind::DiskFull | FaultKind::DiskEio => {
+            FaultKind::DiskStall
+            | FaultKind::DiskSlow
+            | FaultKind::DiskSlowSync
+            | FaultKind::DiskFull
+            | FaultKind::DiskEio => {
                 let disk = self.node(&target).disk.clone().expect("disk faults target brokers");
                 let fault = match f.kind {
                     FaultKind::DiskStall => {
                         SimFault::Stall(self.shared.start + f.duration.map_or(self.heal_at, |d| f.at + d))
                     }
                     FaultKind::DiskSlow => SimFault::Slow(f.latency),
+                    FaultKind::DiskSlowSync => SimFault::SlowSync(f.latency),
                     FaultKind::DiskFull => SimFault::Full,
                     _ => SimFault::Eio,
                 };
@@ -802,6 +807,34 @@ impl Cluster {
         });
     }
 
+    /// A node's process died (killed): on a SYNC_FLUSH broker the appends it held since its
+    /// last sync are gone with it (`SimDisk::crash`). Where they started is noted like a
+    /// power loss's unsynced point, so stored copies there free their queue offsets; none of
+    /// them was answered SEND_OK.
+    fn process_crash(&self, target: &str) {
+        let node = self.node(target);
+        let Some(disk) = &node.disk else { return };
+        if let Some(cfg) = &node.broker {
+            let held = segments(disk, &cfg.store.commit_log_dir())
+                .into_iter()
+                .filter_map(|(base, path, _)| disk.crash_loses_from(&path).map(|p| base + p as u64))
+                .min();
+            if let Some(lost_from) = held {
+                self.shared.losses.lock().unwrap().push(PowerLoss {
+                    broker: cfg.broker_name.clone(),
+                    node: target.to_string(),
+                    at_ms: self.shared.now_ms(),
+                    restart_ms: None,
+                    lost_from,
+                    crash: true,
+                });
+                self.shared
+                    .note("nemesis", format!("{target}: commitlog appends from {lost_from} not yet synced, lost"));
+            }
+        }
+        disk.crash();
+    }
+
     /// Power loss on a broker: before the unsynced bytes go, note where the commitlog stops
     /// being durable (at a record boundary). Acked messages from there on are the loss that
     /// ASYNC_FLUSH allows; they are reported message by message once the run is over (an
@@ -839,6 +872,7 @@ impl Cluster {
                 at_ms: t,
                 restart_ms: None,
                 lost_from,
+                crash: false,
             });
             let what = if lost_from == u64::MAX {
                 "everything was synced".to_string()
@@ -857,6 +891,9 @@ impl Cluster {
         match u {
             Undo::Restart(n) => {
                 self.busy.remove(&n);
+                // A stop still draining dies here: a crash like any other.
+                handle.kill(self.id(&n));
+                self.process_crash(&n);
                 let now = self.shared.now_ms();
                 for l in self.shared.losses.lock().unwrap().iter_mut().filter(|l| l.node == n && l.restart_ms.is_none())
                 {

@@ -164,6 +164,9 @@ pub enum FaultKind {
     DiskStall,
     /// Every disk call of `target` takes `latency` longer, for `duration`.
     DiskSlow,
+    /// Every sync of `target`'s disk takes `latency` longer, for `duration` (a device slow to
+    /// flush while writes into the page cache stay fast).
+    DiskSlowSync,
     /// `target`'s disk has no free space, for `duration`.
     DiskFull,
     /// Every disk call of `target` fails with EIO, for `duration`.
@@ -187,6 +190,7 @@ impl FaultKind {
             FaultKind::Loss => "loss",
             FaultKind::DiskStall => "disk_stall",
             FaultKind::DiskSlow => "disk_slow",
+            FaultKind::DiskSlowSync => "disk_slow_sync",
             FaultKind::DiskFull => "disk_full",
             FaultKind::DiskEio => "disk_eio",
             FaultKind::BitFlip => "bit_flip",
@@ -197,7 +201,12 @@ impl FaultKind {
     pub fn is_disk(self) -> bool {
         matches!(
             self,
-            FaultKind::DiskStall | FaultKind::DiskSlow | FaultKind::DiskFull | FaultKind::DiskEio | FaultKind::BitFlip
+            FaultKind::DiskStall
+                | FaultKind::DiskSlow
+                | FaultKind::DiskSlowSync
+                | FaultKind::DiskFull
+                | FaultKind::DiskEio
+                | FaultKind::BitFlip
         )
     }
 
@@ -580,7 +589,7 @@ impl Scenario {
                         }
                     }
                 }
-                FaultKind::Latency | FaultKind::DiskSlow if fs.latency.is_none() => {
+                FaultKind::Latency | FaultKind::DiskSlow | FaultKind::DiskSlowSync if fs.latency.is_none() => {
                     return Err(ScenarioError(format!("{file_name}: {key}: latency is required")))
                 }
                 FaultKind::Loss if !fs.rate.is_some_and(|r| (0.0..1.0).contains(&r)) => {

@@ -239,7 +239,10 @@ impl CommitLog {
         }
         let seg = self.segment_for_write(base).await?;
         self.open_ahead(base + self.segment_size);
-        seg.write_at(at - base, data).await?;
+        // Handed to the OS before the caller confirms them: a slave's process crash must not
+        // lose bytes its master counts as replicated (under SYNC_FLUSH appends are otherwise
+        // held until the next sync).
+        seg.write_through(at - base, data).await?;
         self.write_pos.store(at + data.len() as u64, Ordering::Release);
         Ok(())
     }

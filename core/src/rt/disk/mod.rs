@@ -6,9 +6,10 @@
 //! fault model (crash, power loss with a torn page, stalls, slow ops, ENOSPC/EIO, bit flips).
 //!
 //! Durability contract, identical for both: bytes written with [`Segment::write_at`] or
-//! [`Disk::write_file`] survive a process crash; only bytes covered by a completed
-//! [`Segment::sync`] (or `write_file(.., sync = true)`) survive a power loss. `rename` is
-//! durable when it returns.
+//! [`Disk::write_file`] survive a process crash, except the appends to a segment set
+//! `synced_often` (SYNC_FLUSH's commitlog) since its last sync, which the process still holds;
+//! only bytes covered by a completed [`Segment::sync`] (or `write_file(.., sync = true)`)
+//! survive a power loss. `rename` is durable when it returns.
 
 pub mod real;
 pub mod sim;
@@ -194,7 +195,18 @@ impl Segment {
         }
     }
 
-    /// `len` bytes at `pos`. On the real disk this is a zero-copy view of the mapping.
+    /// [`write_at`](Self::write_at) that hands the bytes to the OS before it returns, also on
+    /// a `synced_often` segment (with what it held before them): for bytes that must survive
+    /// a process crash at once, as a slave's, which it confirms to its master.
+    pub async fn write_through(&self, pos: u64, data: &[u8]) -> io::Result<()> {
+        match self {
+            Segment::Real(s) => real::RealSegment::write_through(s, pos, data),
+            Segment::Sim(s) => s.write_through(pos, data).await,
+        }
+    }
+
+    /// `len` bytes at `pos`. On the real disk this is a zero-copy view of the mapping, but
+    /// for bytes a `synced_often` segment still holds, which are copied.
     pub async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
         match self {
             Segment::Real(s) => real::RealSegment::read_at(s, pos, len),
@@ -202,13 +214,15 @@ impl Segment {
         }
     }
 
-    /// How the real disk prepares space ahead of the appends. `warm` writes prefaulted space
-    /// out (RocketMQ's warmMapedFileEnable): costs write bandwidth, makes each later sync an
-    /// overwrite. `synced_often` (SYNC_FLUSH) keeps its page cache in 4 KiB pages, so a sync
-    /// writes back only the pages it must. No effect on the simulated disk.
+    /// How the disk takes the appends. `warm` (real disk only) writes space out ahead of them
+    /// (RocketMQ's warmMapedFileEnable): costs write bandwidth, makes each later sync an
+    /// overwrite. `synced_often` (SYNC_FLUSH) holds appends in the process until the next
+    /// sync writes them with one `pwrite`, instead of writing them through the mapping (see
+    /// `real::Tail`): a process crash loses them, as it loses them in the simulation.
     pub fn set_write_pattern(&self, warm: bool, synced_often: bool) {
-        if let Segment::Real(s) = self {
-            s.set_write_pattern(warm, synced_often);
+        match self {
+            Segment::Real(s) => s.set_write_pattern(warm, synced_often),
+            Segment::Sim(s) => s.set_write_pattern(synced_often),
         }
     }
 
@@ -233,6 +247,9 @@ impl Segment {
         }
     }
 }
+
+/// A segment's appends held in the process past this many bytes are written out at once.
+pub(crate) const TAIL_SPILL: usize = 4 << 20;
 
 /// Bounds check shared by both implementations; a violation is a store bug, not an I/O error.
 pub(crate) fn check_range(path: &Path, size: u64, pos: u64, len: u64) {

@@ -43,6 +43,40 @@ struct SimFile {
     /// Declared size for segments (reads past `written` see zeros); 0 for plain files.
     size: u64,
     modified_ms: u64,
+    /// A segment synced after every group of appends (SYNC_FLUSH): as on the real disk, its
+    /// appends since the last sync are held by the process, not yet handed to the OS.
+    held_by_process: bool,
+    /// Those appends: where they start and the bytes they wrote over, which is what a crash
+    /// leaves there.
+    tail: Option<(usize, Vec<u8>)>,
+}
+
+impl SimFile {
+    /// The bytes a crash of the writing process loses, as (start, what stays there instead).
+    fn tail_end(&self) -> Option<usize> {
+        self.tail.as_ref().map(|(start, before)| start + before.len())
+    }
+
+    /// Notes a write to a process-held segment before it lands in `written`.
+    fn hold(&mut self, pos: usize, len: usize) {
+        if !self.held_by_process {
+            return;
+        }
+        let end = pos + len;
+        let before = |w: &Vec<u8>| (pos..end).map(|i| w.get(i).copied().unwrap_or(0)).collect::<Vec<u8>>();
+        match self.tail_end() {
+            None => self.tail = Some((pos, before(&self.written))),
+            Some(e) if e == pos => {
+                let more = before(&self.written);
+                self.tail.as_mut().unwrap().1.extend(more);
+            }
+            // Not an append: the real disk writes out what it holds, then this write.
+            Some(_) => self.tail = None,
+        }
+        if self.tail.as_ref().is_some_and(|(_, b)| b.len() >= super::TAIL_SPILL) {
+            self.tail = None;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -133,11 +167,26 @@ impl SimDisk {
         self.state.lock().unwrap().faults.clear();
     }
 
-    /// The process died: its handles and locks are gone; every written byte stays.
+    /// The process died: its handles and locks are gone; every byte it handed the OS stays,
+    /// and the appends a SYNC_FLUSH segment still held in the process are gone.
     pub fn crash(&self) {
         let mut st = self.state.lock().unwrap();
         st.generation += 1;
         st.locks.clear();
+        for file in st.files.values() {
+            let mut f = file.lock().unwrap();
+            if let Some((start, before)) = f.tail.take() {
+                f.written[start..start + before.len()].copy_from_slice(&before);
+            }
+        }
+    }
+
+    /// Where the bytes a process crash would lose start in a file, if any (the appends a
+    /// SYNC_FLUSH segment holds since its last sync).
+    pub fn crash_loses_from(&self, path: &Path) -> Option<usize> {
+        let st = self.state.lock().unwrap();
+        let f = st.files.get(path)?.lock().unwrap();
+        f.tail.as_ref().map(|(start, _)| *start)
     }
 
     /// The machine lost power: a crash, and every byte not made durable is lost. With
@@ -336,6 +385,7 @@ impl SimDisk {
             durable: if sync { data.to_vec() } else { Vec::new() },
             size: 0,
             modified_ms: crate::rt::now_ms(),
+            ..SimFile::default()
         };
         st.files.insert(path.to_path_buf(), Arc::new(Mutex::new(f)));
         Ok(())
@@ -425,11 +475,28 @@ impl SimSegment {
         self.enter(false).await?;
         let mut f = self.file.lock().unwrap();
         let end = pos as usize + data.len();
+        f.hold(pos as usize, data.len());
         if f.written.len() < end {
             f.written.resize(end, 0);
         }
         f.written[pos as usize..end].copy_from_slice(data);
         f.modified_ms = crate::rt::now_ms();
+        Ok(())
+    }
+
+    /// See `Segment::set_write_pattern`: only `synced_often` matters here.
+    pub fn set_write_pattern(&self, synced_often: bool) {
+        let mut f = self.file.lock().unwrap();
+        f.held_by_process = synced_often;
+        if !synced_often {
+            f.tail = None;
+        }
+    }
+
+    /// `write_at`, handing what this segment held, and these bytes, to the OS at once.
+    pub async fn write_through(&self, pos: u64, data: &[u8]) -> io::Result<()> {
+        self.write_at(pos, data).await?;
+        self.file.lock().unwrap().tail = None;
         Ok(())
     }
 
@@ -444,7 +511,12 @@ impl SimSegment {
         Ok(Bytes::from(out))
     }
 
+    /// Process-held appends (SYNC_FLUSH) are handed to the OS first, as the real disk
+    /// writes them out before it syncs.
     pub async fn sync(&self, from: u64, to: u64) -> io::Result<()> {
+        if self.disk.state.lock().unwrap().generation == self.generation {
+            self.file.lock().unwrap().tail = None;
+        }
         if to <= from {
             return Ok(());
         }
