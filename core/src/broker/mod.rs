@@ -493,7 +493,7 @@ impl BrokerController {
         stop_tasks(self.tasks).await;
         self.broker.hold.stopping.store(true, Ordering::Release);
         self.broker.hold.shutdown.notify_waiters();
-        self.server.abort();
+        self.server.abort().await;
         self.broker.namesrv.close_all();
         self.broker.store.abandon().await;
     }

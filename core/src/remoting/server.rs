@@ -95,9 +95,15 @@ impl Server {
     }
 
     /// Drops the listener and every connection at once, in-flight requests unanswered (a
-    /// process crash, as peers see it).
-    pub fn abort(&self) {
+    /// process crash, as peers see it). The port is free when it returns, as after a real
+    /// crash, so a broker restarted at once can bind it (a restart right after `abort` used
+    /// to race the accept loop and fail with AddrInUse now and then).
+    pub async fn abort(&self) {
         let _ = self.stop.send(KILLED);
+        let accepting = self.accepting.lock().unwrap().take();
+        if let Some(accepting) = accepting {
+            let _ = accepting.await;
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
