@@ -52,7 +52,7 @@ struct SimFile {
 }
 
 impl SimFile {
-    /// The bytes a crash of the writing process loses, as (start, what stays there instead).
+    /// Where the held appends end, if any.
     fn tail_end(&self) -> Option<usize> {
         self.tail.as_ref().map(|(start, before)| start + before.len())
     }
