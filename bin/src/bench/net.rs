@@ -83,6 +83,9 @@ pub struct ClusterArgs {
     /// Broker worker threads (KEEL_WORKER_THREADS; 0 = one thread; default: the broker's).
     #[arg(long)]
     broker_threads: Option<usize>,
+    /// Extra broker.properties lines (`key=value`, repeatable), e.g. `--set warmMapedFileEnable=false`.
+    #[arg(long = "set")]
+    set: Vec<String>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -141,29 +144,32 @@ pub async fn produce(a: &ProduceArgs) -> Result<Outcome> {
         let inflight = if a.r#async { 64 } else { 1 };
         tasks.push(tokio::spawn(async move {
             let mut local = histogram();
-            let mut set = tokio::task::JoinSet::new();
-            while !stop.load(Ordering::Relaxed) {
-                while set.len() >= inflight {
-                    if let Some(Ok(us)) = set.join_next().await {
-                        record(us, &mut local, &ok, &failed, &window);
-                    }
+            // Only SEND_OK counts: a stored-but-not-replicated or not-flushed answer is a
+            // failure here.
+            let timed = |p: Arc<Producer>, m: Message| async move {
+                let t = Instant::now();
+                let r = p.send(&m).await;
+                r.ok().filter(|r| r.status == SendStatus::SendOk).map(|_| t.elapsed().as_micros() as u64)
+            };
+            if inflight == 1 {
+                // A synchronous sender: send, wait, send again, on this one task.
+                while !stop.load(Ordering::Relaxed) {
+                    let us = timed(p.clone(), msg.clone()).await;
+                    record(us, &mut local, &ok, &failed, &window);
                 }
-                let (p, m) = (p.clone(), msg.clone());
-                set.spawn(async move {
-                    let t = Instant::now();
-                    let r = p.send(&m).await;
-                    // Only SEND_OK counts: a stored-but-not-replicated or not-flushed answer
-                    // is a failure here.
-                    r.ok().filter(|r| r.status == SendStatus::SendOk).map(|_| t.elapsed().as_micros() as u64)
-                });
-                if inflight == 1 {
-                    if let Some(Ok(us)) = set.join_next().await {
-                        record(us, &mut local, &ok, &failed, &window);
+            } else {
+                let mut set = tokio::task::JoinSet::new();
+                while !stop.load(Ordering::Relaxed) {
+                    while set.len() >= inflight {
+                        if let Some(Ok(us)) = set.join_next().await {
+                            record(us, &mut local, &ok, &failed, &window);
+                        }
                     }
+                    set.spawn(timed(p.clone(), msg.clone()));
                 }
-            }
-            while let Some(Ok(us)) = set.join_next().await {
-                record(us, &mut local, &ok, &failed, &window);
+                while let Some(Ok(us)) = set.join_next().await {
+                    record(us, &mut local, &ok, &failed, &window);
+                }
             }
             hist.lock().unwrap().add(&local).expect("same bounds");
         }));
@@ -358,6 +364,17 @@ fn rss_kib(pid: u32) -> Option<u64> {
     s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU time (user + system) a process has used, in µs, from `/proc/<pid>/stat`.
+fn cpu_us(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // In USER_HZ ticks, which Linux fixes at 100 for /proc.
+    Some(ticks * 10_000)
+}
+
 pub struct Proc(pub Child);
 
 impl Drop for Proc {
@@ -406,7 +423,7 @@ pub async fn cluster(a: &ClusterArgs) -> Result<()> {
             format!(
                 "brokerName=bench\nlistenPort=10911\nnamesrvAddr=127.0.0.1:9876\nflushDiskType={flush}\nstorePathRootDir={}\n",
                 a.dir.join("store").display()
-            ),
+            ) + &a.set.iter().map(|kv| format!("{kv}\n")).collect::<String>(),
         )?;
         let ns = Proc(Command::new(sibling("namesrv")?).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
         wait_port("127.0.0.1:9876").await?;
@@ -433,8 +450,14 @@ pub async fn cluster(a: &ClusterArgs) -> Result<()> {
                     report: a.seconds,
                 };
                 let before = sync_totals(&admin).await;
+                let cpu0 = (cpu_us(std::process::id()), cpu_us(broker.0.id()));
                 let o = produce(&args).await?;
+                let cpu1 = (cpu_us(std::process::id()), cpu_us(broker.0.id()));
                 print_percentiles(&format!("produce  {size:>5} B x{threads:<3}"), &o);
+                if let ((Some(c0), Some(b0)), (Some(c1), Some(b1))) = (cpu0, cpu1) {
+                    let per = |d: u64| d as f64 / o.ops.max(1) as f64;
+                    println!("           CPU per send: client {:.1} µs, broker {:.1} µs", per(c1 - c0), per(b1 - b0));
+                }
                 if let (Some((c0, us0)), Some((c1, us1))) = (before, sync_totals(&admin).await) {
                     if c1 > c0 {
                         let syncs = (c1 - c0) as f64;
