@@ -403,7 +403,7 @@ async fn offsets_committed_past_a_lost_tail_move_back_before_new_messages_take_t
     }
     let mq = MessageQueue { topic: "Lost".into(), broker_name: "broker-a".into(), queue_id: 0 };
     let commit = |offset: i64| {
-        let ext = BTreeMap::from([
+        let ext = keel_core::protocol::ExtFields::from([
             ("consumerGroup".to_string(), "CG".to_string()),
             ("topic".to_string(), "Lost".to_string()),
             ("queueId".to_string(), "0".to_string()),

@@ -154,9 +154,9 @@ impl Broker {
             &self.addr,
             self.cfg.broker_id,
         );
-        header.insert("haServerAddr".into(), format!("{}:{}", self.cfg.broker_ip1, self.cfg.ha_port()));
-        header.insert("compressed".into(), "false".into());
-        header.insert("bodyCrc32".into(), ((crc32fast::hash(&body) & 0x7FFF_FFFF) as i64).to_string());
+        header.insert("haServerAddr", format!("{}:{}", self.cfg.broker_ip1, self.cfg.ha_port()));
+        header.insert("compressed", "false");
+        header.insert("bodyCrc32", ((crc32fast::hash(&body) & 0x7FFF_FFFF) as i64).to_string());
         let req = RemotingCommand::request(request::REGISTER_BROKER, header).with_body(body);
         let calls = self.namesrv_addrs().into_iter().map(|addr| {
             let req = req.clone();

@@ -83,7 +83,7 @@ impl Admin {
     ) -> Result<BTreeMap<MessageQueue, OffsetWrapper>, ClientError> {
         let mut e = ext([("consumerGroup", group.to_string())]);
         if let Some(t) = topic {
-            e.insert("topic".into(), t.to_string());
+            e.insert("topic", t.to_string());
         }
         let r = self.broker(broker_addr, RemotingCommand::request(request::GET_CONSUME_STATS, e)).await?;
         body::decode_queue_map(&r.body).map_err(ClientError::Other)

@@ -395,10 +395,10 @@ impl PushConsumer {
         if let Some(o) = stored.filter(|o| *o >= 0) {
             return Some(o);
         }
-        let q = |code, extra: Option<(&str, String)>| {
+        let q = |code, extra: Option<(&'static str, String)>| {
             let mut e = ext([("topic", mq.topic.clone()), ("queueId", mq.queue_id.to_string())]);
             if let Some((k, v)) = extra {
-                e.insert(k.into(), v);
+                e.insert(k, v);
             }
             RemotingCommand::request(code, e)
         };

@@ -223,10 +223,10 @@ impl Instance {
     pub async fn unregister(&self, producer_group: Option<&str>, consumer_group: Option<&str>) {
         let mut e = ext([("clientID", self.client_id.clone())]);
         if let Some(g) = producer_group {
-            e.insert("producerGroup".into(), g.to_string());
+            e.insert("producerGroup", g.to_string());
         }
         if let Some(g) = consumer_group {
-            e.insert("consumerGroup".into(), g.to_string());
+            e.insert("consumerGroup", g.to_string());
         }
         let addrs: Vec<String> = self.broker_table().values().flat_map(|ids| ids.values().cloned()).collect();
         let calls = addrs.into_iter().map(|addr| {

@@ -129,7 +129,7 @@ impl PublishInfo {
 pub struct Producer {
     group: String,
     instance: Arc<Instance>,
-    publish: Mutex<BTreeMap<String, PublishInfo>>,
+    publish: Mutex<BTreeMap<String, Arc<PublishInfo>>>,
     index: AtomicUsize,
     faults: FaultTable,
     unique: UniqueKey,
@@ -207,7 +207,7 @@ impl Producer {
         let topics: Vec<String> = self.publish.lock().unwrap().keys().cloned().collect();
         for t in topics {
             if let Ok(Some(route)) = self.instance.update_route(&t).await {
-                let info = PublishInfo::from_route(&t, &route, None);
+                let info = Arc::new(PublishInfo::from_route(&t, &route, None));
                 if !info.queues.is_empty() {
                     self.publish.lock().unwrap().insert(t, info);
                 }
@@ -217,20 +217,20 @@ impl Producer {
 
     /// The topic's write queues: cached, else asked of the name servers (and after the
     /// first route arrives, a heartbeat goes to the new brokers, as RocketMQ's client does).
-    async fn publish_info(&self, topic: &str, refresh: bool) -> Result<PublishInfo, ClientError> {
+    async fn publish_info(&self, topic: &str, refresh: bool) -> Result<Arc<PublishInfo>, ClientError> {
         if !refresh {
             if let Some(i) = self.publish.lock().unwrap().get(topic) {
                 return Ok(i.clone());
             }
         }
-        let info = match self.instance.update_route(topic).await? {
+        let info = Arc::new(match self.instance.update_route(topic).await? {
             Some(route) => PublishInfo::from_route(topic, &route, None),
             // Caching TBW102's route also teaches the instance those brokers' addresses.
             None => match self.instance.update_route(DEFAULT_TOPIC).await? {
                 Some(route) => PublishInfo::from_route(topic, &route, Some(self.default_topic_queue_nums)),
                 None => return Err(ClientError::NoRoute(topic.to_string())),
             },
-        };
+        });
         if info.queues.is_empty() {
             return Err(ClientError::NoRoute(topic.to_string()));
         }
@@ -284,7 +284,7 @@ impl Producer {
             batch: false,
             max_reconsume_times: None,
         };
-        RemotingCommand::request(request::SEND_MESSAGE_V2, h.to_v2()).with_body(msg.body.clone())
+        RemotingCommand::request(request::SEND_MESSAGE_V2, h.into_v2()).with_body(msg.body.clone())
     }
 
     /// Sends and waits for the broker's answer, retrying on another broker up to

@@ -71,19 +71,24 @@ impl SendMessageHeader {
 
     /// The header as SEND_MESSAGE_V2 fields.
     pub fn to_v2(&self) -> ExtFields {
-        let mut e = ExtFields::new();
+        self.clone().into_v2()
+    }
+
+    /// [`Self::to_v2`], moving the strings instead of copying them.
+    pub fn into_v2(self) -> ExtFields {
+        let mut e = ExtFields::with_capacity(FIELDS.len());
         let mut put = |i: usize, v: String| {
-            e.insert(FIELDS[i].1.to_string(), v);
+            e.insert(FIELDS[i].1, v);
         };
-        put(0, self.producer_group.clone());
-        put(1, self.topic.clone());
-        put(2, self.default_topic.clone());
+        put(0, self.producer_group);
+        put(1, self.topic);
+        put(2, self.default_topic);
         put(3, self.default_topic_queue_nums.to_string());
         put(4, self.queue_id.to_string());
         put(5, self.sys_flag.to_string());
         put(6, self.born_timestamp.to_string());
         put(7, self.flag.to_string());
-        put(8, self.properties.clone());
+        put(8, self.properties);
         put(9, self.reconsume_times.to_string());
         put(10, self.unit_mode.to_string());
         if let Some(m) = self.max_reconsume_times {
@@ -128,25 +133,25 @@ impl PullMessageHeader {
     }
 
     pub fn encode(&self) -> ExtFields {
-        let mut e = ExtFields::new();
-        e.insert("consumerGroup".into(), self.consumer_group.clone());
-        e.insert("topic".into(), self.topic.clone());
-        e.insert("queueId".into(), self.queue_id.to_string());
-        e.insert("queueOffset".into(), self.queue_offset.to_string());
-        e.insert("maxMsgNums".into(), self.max_msg_nums.to_string());
-        e.insert("sysFlag".into(), self.sys_flag.to_string());
-        e.insert("commitOffset".into(), self.commit_offset.to_string());
-        e.insert("suspendTimeoutMillis".into(), self.suspend_timeout_millis.to_string());
+        let mut e = ExtFields::with_capacity(11);
+        e.insert("consumerGroup", self.consumer_group.clone());
+        e.insert("topic", self.topic.clone());
+        e.insert("queueId", self.queue_id.to_string());
+        e.insert("queueOffset", self.queue_offset.to_string());
+        e.insert("maxMsgNums", self.max_msg_nums.to_string());
+        e.insert("sysFlag", self.sys_flag.to_string());
+        e.insert("commitOffset", self.commit_offset.to_string());
+        e.insert("suspendTimeoutMillis", self.suspend_timeout_millis.to_string());
         if let Some(s) = &self.subscription {
-            e.insert("subscription".into(), s.clone());
+            e.insert("subscription", s.clone());
         }
-        e.insert("subVersion".into(), self.sub_version.to_string());
-        e.insert("expressionType".into(), self.expression_type.clone().unwrap_or_else(|| "TAG".into()));
+        e.insert("subVersion", self.sub_version.to_string());
+        e.insert("expressionType", self.expression_type.clone().unwrap_or_else(|| "TAG".into()));
         e
     }
 }
 
 /// Builds an [`ExtFields`] from pairs.
-pub fn ext<const N: usize>(pairs: [(&str, String); N]) -> ExtFields {
-    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+pub fn ext<const N: usize>(pairs: [(&'static str, String); N]) -> ExtFields {
+    pairs.into_iter().collect()
 }

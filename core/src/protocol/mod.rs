@@ -8,11 +8,12 @@
 
 pub mod body;
 pub mod code;
+pub mod ext;
 pub mod header;
+mod json_header;
 pub mod message;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use std::collections::BTreeMap;
 use std::str::FromStr;
 
 /// RocketMQ's default frame cap (`com.rocketmq.remoting.frameMaxLength`).
@@ -39,8 +40,7 @@ pub enum SerializeType {
     RocketMq,
 }
 
-/// The custom header fields of a command (`extFields`), sorted as fastjson writes them.
-pub type ExtFields = BTreeMap<String, String>;
+pub use ext::ExtFields;
 
 /// One request or response.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -152,7 +152,7 @@ impl RemotingCommand {
     }
 
     pub fn set(&mut self, key: &str, value: impl ToString) -> &mut Self {
-        self.ext.insert(key.to_string(), value.to_string());
+        self.ext.insert(ext::intern(key), value.to_string());
         self
     }
 
@@ -279,23 +279,24 @@ impl RemotingCommand {
 }
 
 fn json_string(out: &mut BytesMut, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(s.len() + 2);
     out.put_u8(b'"');
     let bytes = s.as_bytes();
     let mut last = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let esc: Option<&[u8]> = match b {
-            b'"' => Some(b"\\\""),
-            b'\\' => Some(b"\\\\"),
-            b'\n' => Some(b"\\n"),
-            b'\r' => Some(b"\\r"),
-            b'\t' => Some(b"\\t"),
-            0..=0x1F => None,
-            _ => continue,
-        };
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
         out.extend_from_slice(&bytes[last..i]);
-        match esc {
-            Some(e) => out.extend_from_slice(e),
-            None => out.extend_from_slice(format!("\\u{:04x}", b).as_bytes()),
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            // Properties separate pairs with \u0001 and \u0002: written as fastjson does.
+            _ => out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xF) as usize]]),
         }
         last = i + 1;
     }
@@ -362,6 +363,23 @@ fn ext_fields<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ExtFields, D::Er
             d.deserialize_any(V)
         }
     }
+    /// A key, shared when it is a known one (see [`ext::intern`]).
+    struct KeyText(ext::Key);
+    impl<'de> serde::Deserialize<'de> for KeyText {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KeyText, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = KeyText;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a field name")
+                }
+                fn visit_str<E>(self, v: &str) -> Result<KeyText, E> {
+                    Ok(KeyText(ext::intern(v)))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
     struct M;
     impl<'de> Visitor<'de> for M {
         type Value = ExtFields;
@@ -372,10 +390,10 @@ fn ext_fields<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ExtFields, D::Er
             Ok(ExtFields::new())
         }
         fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<ExtFields, A::Error> {
-            let mut out = ExtFields::new();
-            while let Some((k, v)) = m.next_entry::<String, Text>()? {
+            let mut out = ExtFields::with_capacity(m.size_hint().unwrap_or(8));
+            while let Some((k, v)) = m.next_entry::<KeyText, Text>()? {
                 if let Some(v) = v.0 {
-                    out.insert(k, v);
+                    out.insert(k.0, v);
                 }
             }
             Ok(out)
@@ -385,6 +403,14 @@ fn ext_fields<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ExtFields, D::Er
 }
 
 fn decode_json_header(header: &[u8]) -> Result<RemotingCommand, FrameError> {
+    match json_header::decode(header) {
+        Some(cmd) => Ok(cmd),
+        None => decode_json_header_serde(header),
+    }
+}
+
+/// Any JSON header serde_json accepts, and its errors.
+fn decode_json_header_serde(header: &[u8]) -> Result<RemotingCommand, FrameError> {
     let h: JsonHeader = serde_json::from_slice(header).map_err(|e| FrameError::BadJson(e.to_string()))?;
     let language = match &h.language {
         Some(serde_json::Value::String(name)) => LANGUAGES.iter().position(|l| l == name).unwrap_or(7) as u8,
@@ -443,7 +469,11 @@ fn decode_binary_header(mut h: &[u8]) -> Result<RemotingCommand, FrameError> {
         if kl < 0 {
             return Err(FrameError::BadBinary("negative key length"));
         }
-        let k = string(&mut e, kl as usize, "ext key past header")?;
+        need(e, kl as usize, "ext key past header")?;
+        let k = ext::intern(
+            std::str::from_utf8(&e[..kl as usize]).map_err(|_| FrameError::BadBinary("string is not UTF-8"))?,
+        );
+        e.advance(kl as usize);
         need(e, 4, "ext value length cut short")?;
         let vl = e.get_i32();
         if vl < 0 {
