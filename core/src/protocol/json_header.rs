@@ -22,7 +22,10 @@ enum Scalar<'a> {
     Null,
 }
 
+/// Over a header already checked to be UTF-8 as a whole: every cut falls on an ASCII byte,
+/// so each piece is a `str` without checking it again.
 struct Reader<'a> {
+    s: &'a str,
     b: &'a [u8],
     at: usize,
 }
@@ -54,7 +57,7 @@ impl<'a> Reader<'a> {
         loop {
             match *self.b.get(self.at)? {
                 b'"' => {
-                    let s = std::str::from_utf8(&self.b[start..self.at]).ok()?;
+                    let s = &self.s[start..self.at];
                     self.at += 1;
                     return Some(Cow::Borrowed(s));
                 }
@@ -64,7 +67,7 @@ impl<'a> Reader<'a> {
             }
         }
         // Escapes: build the string from here.
-        let mut out = std::str::from_utf8(&self.b[start..self.at]).ok()?.to_string();
+        let mut out = self.s[start..self.at].to_string();
         loop {
             let run = self.at;
             while let Some(&c) = self.b.get(self.at) {
@@ -73,7 +76,7 @@ impl<'a> Reader<'a> {
                 }
                 self.at += 1;
             }
-            out.push_str(std::str::from_utf8(&self.b[run..self.at]).ok()?);
+            out.push_str(&self.s[run..self.at]);
             match *self.b.get(self.at)? {
                 b'"' => {
                     self.at += 1;
@@ -96,7 +99,7 @@ impl<'a> Reader<'a> {
                             if !hex.iter().all(u8::is_ascii_hexdigit) {
                                 return None;
                             }
-                            let v = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+                            let v = u32::from_str_radix(&self.s[self.at..self.at + 4], 16).ok()?;
                             self.at += 4;
                             // Surrogates (pairs and lone ones) are left to serde_json.
                             char::from_u32(v)?
@@ -129,7 +132,7 @@ impl<'a> Reader<'a> {
         {
             return None;
         }
-        std::str::from_utf8(&self.b[start..self.at]).ok()
+        Some(&self.s[start..self.at])
     }
 
     fn scalar(&mut self) -> Option<Scalar<'a>> {
@@ -178,7 +181,8 @@ fn int32(s: &Scalar) -> Option<i32> {
 
 /// The header, or `None` to leave it to serde_json.
 pub(super) fn decode(header: &[u8]) -> Option<RemotingCommand> {
-    let mut r = Reader { b: header, at: 0 };
+    let text = std::str::from_utf8(header).ok()?;
+    let mut r = Reader { s: text, b: header, at: 0 };
     let mut cmd = RemotingCommand { serialize: SerializeType::Json, body: Bytes::new(), ..Default::default() };
     let (mut code, mut seen) = (None, 0u32);
     r.members(|r, key| {

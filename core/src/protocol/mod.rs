@@ -201,34 +201,38 @@ impl RemotingCommand {
     }
 
     fn write_json_header(&self, out: &mut BytesMut) {
+        // Built in a Vec, whose small appends inline, then copied once.
+        let mut h: Vec<u8> =
+            Vec::with_capacity(160 + self.ext.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>());
         // fastjson's order: keys sorted, nulls omitted.
-        out.extend_from_slice(b"{\"code\":");
-        out.extend_from_slice(self.code.to_string().as_bytes());
+        h.extend_from_slice(b"{\"code\":");
+        put_int(&mut h, self.code);
         if !self.ext.is_empty() {
-            out.extend_from_slice(b",\"extFields\":{");
+            h.extend_from_slice(b",\"extFields\":{");
             for (i, (k, v)) in self.ext.iter().enumerate() {
                 if i > 0 {
-                    out.put_u8(b',');
+                    h.push(b',');
                 }
-                json_string(out, k);
-                out.put_u8(b':');
-                json_string(out, v);
+                json_string(&mut h, k);
+                h.push(b':');
+                json_string(&mut h, v);
             }
-            out.put_u8(b'}');
+            h.push(b'}');
         }
-        out.extend_from_slice(b",\"flag\":");
-        out.extend_from_slice(self.flag.to_string().as_bytes());
-        out.extend_from_slice(b",\"language\":\"");
-        out.extend_from_slice(self.language_name().as_bytes());
-        out.extend_from_slice(b"\",\"opaque\":");
-        out.extend_from_slice(self.opaque.to_string().as_bytes());
+        h.extend_from_slice(b",\"flag\":");
+        put_int(&mut h, self.flag);
+        h.extend_from_slice(b",\"language\":\"");
+        h.extend_from_slice(self.language_name().as_bytes());
+        h.extend_from_slice(b"\",\"opaque\":");
+        put_int(&mut h, self.opaque);
         if let Some(r) = &self.remark {
-            out.extend_from_slice(b",\"remark\":");
-            json_string(out, r);
+            h.extend_from_slice(b",\"remark\":");
+            json_string(&mut h, r);
         }
-        out.extend_from_slice(b",\"serializeTypeCurrentRPC\":\"JSON\",\"version\":");
-        out.extend_from_slice(self.version.to_string().as_bytes());
-        out.put_u8(b'}');
+        h.extend_from_slice(b",\"serializeTypeCurrentRPC\":\"JSON\",\"version\":");
+        put_int(&mut h, self.version);
+        h.push(b'}');
+        out.extend_from_slice(&h);
     }
 
     fn write_binary_header(&self, out: &mut BytesMut) {
@@ -278,10 +282,29 @@ impl RemotingCommand {
     }
 }
 
-fn json_string(out: &mut BytesMut, s: &str) {
+/// Decimal digits of `v`, without going through a `String`.
+fn put_int(out: &mut Vec<u8>, v: i32) {
+    let mut digits = [0u8; 11];
+    let mut at = digits.len();
+    let mut n = v.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+fn json_string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.reserve(s.len() + 2);
-    out.put_u8(b'"');
+    out.push(b'"');
     let bytes = s.as_bytes();
     let mut last = 0;
     for (i, &b) in bytes.iter().enumerate() {
@@ -301,7 +324,7 @@ fn json_string(out: &mut BytesMut, s: &str) {
         last = i + 1;
     }
     out.extend_from_slice(&bytes[last..]);
-    out.put_u8(b'"');
+    out.push(b'"');
 }
 
 #[derive(serde::Deserialize)]
@@ -493,4 +516,16 @@ fn decode_binary_header(mut h: &[u8]) -> Result<RemotingCommand, FrameError> {
         body: Bytes::new(),
         serialize: SerializeType::RocketMq,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn integers_are_written_as_to_string_writes_them() {
+        for v in [0, 7, -1, 10, -10, 409, 1_000_000, i32::MAX, i32::MIN] {
+            let mut out = Vec::new();
+            super::put_int(&mut out, v);
+            assert_eq!(String::from_utf8(out).unwrap(), v.to_string());
+        }
+    }
 }

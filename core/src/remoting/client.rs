@@ -66,9 +66,12 @@ impl RemotingClient {
         timeout: Duration,
     ) -> Result<RemotingCommand, RemotingError> {
         let start = crate::rt::instant();
-        let conn = crate::rt::time::timeout(timeout, self.conn(addr))
-            .await
-            .map_err(|_| RemotingError::Timeout(addr.to_string(), timeout.as_millis() as u64))??;
+        let conn = match self.open_conn(addr) {
+            Some(c) => c,
+            None => crate::rt::time::timeout(timeout, self.conn(addr))
+                .await
+                .map_err(|_| RemotingError::Timeout(addr.to_string(), timeout.as_millis() as u64))??,
+        };
         let opaque = self.inner.opaque.fetch_add(1, Ordering::Relaxed);
         cmd.opaque = opaque;
         cmd.flag &= !crate::protocol::FLAG_ONEWAY;
@@ -115,11 +118,14 @@ impl RemotingClient {
         }
     }
 
+    /// The open connection to `addr`, if there is one (no connect, so no timeout to set).
+    fn open_conn(&self, addr: &str) -> Option<Arc<Conn>> {
+        self.inner.conns.lock().unwrap().get(addr).filter(|c| !c.closed.load(Ordering::Acquire)).cloned()
+    }
+
     async fn conn(&self, addr: &str) -> Result<Arc<Conn>, RemotingError> {
-        if let Some(c) = self.inner.conns.lock().unwrap().get(addr) {
-            if !c.closed.load(Ordering::Acquire) {
-                return Ok(c.clone());
-            }
+        if let Some(c) = self.open_conn(addr) {
+            return Ok(c);
         }
         let sock =
             crate::rt::net::resolve(addr).await.map_err(|e| RemotingError::Connect(addr.into(), e.to_string()))?;
