@@ -76,14 +76,20 @@ pub fn intern(key: &str) -> Key {
     }
 }
 
-/// `str` order, settled by the first bytes when they differ (most keys here differ there)
-/// without a call to `memcmp`.
+/// `str` order. Keys are short, so they are compared byte by byte here rather than through
+/// a call to `memcmp` (which every hit of a binary search would make).
 #[inline]
 fn key_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    match (a.as_bytes().first(), b.as_bytes().first()) {
-        (Some(x), Some(y)) if x != y => x.cmp(y),
-        _ => a.cmp(b),
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len().max(b.len()) > 24 {
+        return a.cmp(b);
     }
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return x.cmp(y);
+        }
+    }
+    a.len().cmp(&b.len())
 }
 
 impl ExtFields {
@@ -180,6 +186,17 @@ mod tests {
             assert!(matches!(intern(l), Cow::Borrowed(k) if k == l));
         }
         assert!(matches!(intern("o"), Cow::Owned(_)));
+    }
+
+    #[test]
+    fn keys_compare_as_str_does() {
+        let keys =
+            ["", "a", "ab", "b", "queueId", "queueOffset", "q", "\u{e9}", "zz", &"k".repeat(30), &"k".repeat(31)];
+        for a in keys {
+            for b in keys {
+                assert_eq!(key_cmp(a, b), a.cmp(b), "{a:?} against {b:?}");
+            }
+        }
     }
 
     #[test]
