@@ -257,7 +257,7 @@ impl Producer {
         info.queues[self.index.fetch_add(1, Ordering::Relaxed) % n].clone()
     }
 
-    fn request_for(&self, msg: &Message, mq: &MessageQueue, uniq: &str) -> RemotingCommand {
+    fn request_for(&self, msg: &Message, mq: &MessageQueue, uniq: &str, born_ms: u64) -> RemotingCommand {
         let mut props: Vec<(&str, &str)> = Vec::with_capacity(4 + msg.properties.len());
         props.push((PROPERTY_UNIQ_KEY, uniq));
         if let Some(t) = &msg.tags {
@@ -276,7 +276,7 @@ impl Producer {
             default_topic_queue_nums: self.default_topic_queue_nums as i32,
             queue_id: mq.queue_id,
             sys_flag: 0,
-            born_timestamp: crate::rt::now_ms() as i64,
+            born_timestamp: born_ms as i64,
             flag: msg.flag,
             properties: properties_to_string(props),
             reconsume_times: 0,
@@ -308,7 +308,8 @@ impl Producer {
         let info = self.publish_info(&msg.topic, false).await?;
         let mq = self.select_queue(&info, None);
         let addr = self.addr_of(&mq.broker_name).await?;
-        let cmd = self.request_for(msg, &mq, &self.unique.next());
+        let now = crate::rt::now_ms();
+        let cmd = self.request_for(msg, &mq, &self.unique.next(now), now);
         Ok(self.instance.remoting.invoke_oneway(&addr, cmd).await?)
     }
 
@@ -327,12 +328,13 @@ impl Producer {
             return Err(ClientError::Other("producer is shut down".into()));
         }
         let start = crate::rt::instant();
-        let uniq = self.unique.next();
+        let born_ms = crate::rt::now_ms();
+        let uniq = self.unique.next(born_ms);
         let mut info = self.publish_info(&msg.topic, false).await?;
         let mut last_failed: Option<String> = None;
         let mut last_err = ClientError::Other("no attempt made".into());
         for attempt in 0..=retries {
-            let left = self.send_timeout.saturating_sub(start.elapsed());
+            let left = if attempt == 0 { self.send_timeout } else { self.send_timeout.saturating_sub(start.elapsed()) };
             if left.is_zero() {
                 break;
             }
@@ -350,11 +352,15 @@ impl Producer {
                     continue;
                 }
             };
-            let sent_at = crate::rt::instant();
-            let cmd = self.request_for(msg, &mq, &uniq);
+            // Latencies are only kept for fault avoidance (RocketMQ's updateFaultItem).
+            let sent_at = self.send_latency_fault_enable.then(crate::rt::instant);
+            let born = if attempt == 0 { born_ms } else { crate::rt::now_ms() };
+            let cmd = self.request_for(msg, &mq, &uniq, born);
             match self.instance.remoting.invoke(&addr, cmd, left).await {
                 Ok(r) => {
-                    self.faults.record(&mq.broker_name, sent_at.elapsed(), false);
+                    if let Some(t) = sent_at {
+                        self.faults.record(&mq.broker_name, t.elapsed(), false);
+                    }
                     let status = match r.code {
                         response::SUCCESS => SendStatus::SendOk,
                         response::FLUSH_DISK_TIMEOUT => SendStatus::FlushDiskTimeout,
@@ -383,7 +389,9 @@ impl Producer {
                     });
                 }
                 Err(e) => {
-                    self.faults.record(&mq.broker_name, sent_at.elapsed(), true);
+                    if let Some(t) = sent_at {
+                        self.faults.record(&mq.broker_name, t.elapsed(), true);
+                    }
                     tracing::debug!(broker = %mq.broker_name, error = %e, "send failed; retrying");
                     last_err = e.into();
                     last_failed = Some(mq.broker_name.clone());
@@ -420,10 +428,10 @@ impl UniqueKey {
         UniqueKey { prefix, counter: AtomicU32::new(0) }
     }
 
-    fn next(&self) -> String {
+    fn next(&self, now_ms: u64) -> String {
         let mut raw = [0u8; 16];
         raw[..8].copy_from_slice(&self.prefix);
-        raw[8..12].copy_from_slice(&(crate::rt::now_ms() as u32).to_be_bytes());
+        raw[8..12].copy_from_slice(&(now_ms as u32).to_be_bytes());
         raw[12..].copy_from_slice(&self.counter.fetch_add(1, Ordering::Relaxed).to_be_bytes());
         crate::store::record::hex_upper(&raw)
     }

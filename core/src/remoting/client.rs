@@ -65,12 +65,16 @@ impl RemotingClient {
         mut cmd: RemotingCommand,
         timeout: Duration,
     ) -> Result<RemotingCommand, RemotingError> {
-        let start = crate::rt::instant();
-        let conn = match self.open_conn(addr) {
-            Some(c) => c,
-            None => crate::rt::time::timeout(timeout, self.conn(addr))
-                .await
-                .map_err(|_| RemotingError::Timeout(addr.to_string(), timeout.as_millis() as u64))??,
+        // An open connection costs no time of the budget (and no clock read to tell).
+        let (conn, left) = match self.open_conn(addr) {
+            Some(c) => (c, timeout),
+            None => {
+                let start = crate::rt::instant();
+                let c = crate::rt::time::timeout(timeout, self.conn(addr))
+                    .await
+                    .map_err(|_| RemotingError::Timeout(addr.to_string(), timeout.as_millis() as u64))??;
+                (c, timeout.saturating_sub(start.elapsed()))
+            }
         };
         let opaque = self.inner.opaque.fetch_add(1, Ordering::Relaxed);
         cmd.opaque = opaque;
@@ -81,7 +85,6 @@ impl RemotingClient {
             conn.pending.lock().unwrap().remove(&opaque);
             return Err(RemotingError::Closed(addr.to_string()));
         }
-        let left = timeout.saturating_sub(start.elapsed());
         match crate::rt::time::timeout(left, rx).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(_)) => Err(RemotingError::Closed(addr.to_string())),
