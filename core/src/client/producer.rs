@@ -334,7 +334,8 @@ impl Producer {
         let mut last_failed: Option<String> = None;
         let mut last_err = ClientError::Other("no attempt made".into());
         for attempt in 0..=retries {
-            let left = if attempt == 0 { self.send_timeout } else { self.send_timeout.saturating_sub(start.elapsed()) };
+            // The budget covers the route lookup too, as RocketMQ's sendDefaultImpl counts it.
+            let left = self.send_timeout.saturating_sub(start.elapsed());
             if left.is_zero() {
                 break;
             }
