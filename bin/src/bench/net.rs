@@ -365,7 +365,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// CPU time (user + system) a process has used, in µs, from `/proc/<pid>/stat`.
-fn cpu_us(pid: u32) -> Option<u64> {
+pub fn cpu_us(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = &s[s.rfind(')')? + 2..];

@@ -4,7 +4,7 @@
 //! 2m-2s-sync, how long a consumer takes to resume broker-a's queues from the slave after its
 //! master is killed with SIGKILL.
 
-use super::net::{print_percentiles, produce, sibling, wait_port, Outcome, Proc, ProduceArgs};
+use super::net::{cpu_us, print_percentiles, produce, sibling, wait_port, Outcome, Proc, ProduceArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use hdrhistogram::Histogram;
@@ -85,6 +85,48 @@ async fn start(conf: &Path, nodes: &[&str], dir: &Path, threads: Option<usize>) 
     Ok(Cluster { procs, _ns: ns })
 }
 
+/// One line of the summary table.
+struct Row {
+    label: String,
+    threads: usize,
+    o: Outcome,
+    lag: Option<Histogram<u64>>,
+    cpu: CpuPerSend,
+}
+
+/// CPU time (user + system) per SEND_OK, in µs, summed by role.
+struct CpuPerSend {
+    client: f64,
+    masters: f64,
+    slaves: f64,
+}
+
+impl Cluster {
+    /// CPU time used so far by this process, then by each broker (in `procs` order).
+    fn cpu_us(&self) -> Vec<u64> {
+        std::iter::once(std::process::id())
+            .chain(self.procs.iter().map(|p| p.2 .0.id()))
+            .map(|pid| cpu_us(pid).unwrap_or(0))
+            .collect()
+    }
+
+    /// CPU used since `before` (from [`Cluster::cpu_us`]) per send; a broker whose name ends
+    /// in "-s" is a slave, the others masters.
+    fn cpu_per_send(&self, before: &[u64], sends: u64) -> CpuPerSend {
+        let after = self.cpu_us();
+        let per_send = |i: usize| after[i].saturating_sub(before[i]) as f64 / sends.max(1) as f64;
+        let mut cpu = CpuPerSend { client: per_send(0), masters: 0.0, slaves: 0.0 };
+        for (i, (name, ..)) in self.procs.iter().enumerate() {
+            if name.ends_with("-s") {
+                cpu.slaves += per_send(i + 1);
+            } else {
+                cpu.masters += per_send(i + 1);
+            }
+        }
+        cpu
+    }
+}
+
 async fn served(admin: &Admin, addr: &str) -> Option<u64> {
     admin.runtime_info(addr).await.ok()?.get("msgGetTotalTodayNow")?.parse().ok()
 }
@@ -110,7 +152,7 @@ async fn sample_lag(master: String, slave: String, stop: Arc<AtomicBool>) -> His
 
 pub async fn run(a: &ReplicationArgs) -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut rows: Vec<(String, usize, Outcome, Option<Histogram<u64>>)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     let mut resume = None;
     for name in &a.setups {
         let Some(&(label, conf, nodes)) = SETUPS.iter().find(|s| s.0 == name) else {
@@ -133,14 +175,20 @@ pub async fn run(a: &ReplicationArgs) -> Result<()> {
                 let (m, s) = (c.procs[0].1.clone(), c.procs[1].1.clone());
                 tokio::spawn(sample_lag(m, s, stop.clone()))
             });
+            let cpu0 = c.cpu_us();
             let o = produce(&args).await?;
+            let cpu = c.cpu_per_send(&cpu0, o.ops);
             stop.store(true, Ordering::Relaxed);
             let lag = match lag {
                 Some(t) => Some(t.await?),
                 None => None,
             };
             print_percentiles(&format!("{label:<14} {} B x{threads:<3}", a.size), &o);
-            rows.push((label.to_string(), threads, o, lag));
+            println!(
+                "               CPU per send: client {:.1} µs, masters {:.1} µs, slaves {:.1} µs",
+                cpu.client, cpu.masters, cpu.slaves
+            );
+            rows.push(Row { label: label.to_string(), threads, o, lag, cpu });
         }
         if label == "2m-2s-sync" && !a.no_resume && resume.is_none() {
             resume = Some(resume_from_slave(c).await?);
@@ -150,22 +198,26 @@ pub async fn run(a: &ReplicationArgs) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&a.dir);
     println!();
-    println!("| setup | senders | SEND_OK/s | p50 µs | p99 µs | p99.9 µs | max µs | not SEND_OK | % of 2m-noslave | slave lag p50 / p99 / max (bytes) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for (label, threads, o, lag) in &rows {
-        let base = rows.iter().find(|r| r.0 == "2m-noslave" && r.1 == *threads).map_or(f64::NAN, |r| r.2.rate());
+    println!("| setup | senders | SEND_OK/s | p50 µs | p99 µs | p99.9 µs | max µs | not SEND_OK | % of 2m-noslave | slave lag p50 / p99 / max (bytes) | CPU µs per send: client / masters / slaves |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for Row { label, threads, o, lag, cpu } in &rows {
+        let base =
+            rows.iter().find(|r| r.label == "2m-noslave" && r.threads == *threads).map_or(f64::NAN, |r| r.o.rate());
         let lag = lag.as_ref().map_or("–".to_string(), |h| {
             format!("{} / {} / {}", h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
         });
         println!(
-            "| {label} | {threads} | {:.0} | {} | {} | {} | {} | {} | {:.0}% | {lag} |",
+            "| {label} | {threads} | {:.0} | {} | {} | {} | {} | {} | {:.0}% | {lag} | {:.1} / {:.1} / {:.1} |",
             o.rate(),
             o.p50_us,
             o.p99_us,
             o.p999_us,
             o.max_us,
             o.failed,
-            100.0 * o.rate() / base
+            100.0 * o.rate() / base,
+            cpu.client,
+            cpu.masters,
+            cpu.slaves
         );
     }
     if let Some((first, resumed)) = resume {
