@@ -91,7 +91,7 @@ struct Row {
     threads: usize,
     o: Outcome,
     lag: Option<Histogram<u64>>,
-    cpu: CpuPerSend,
+    cpu: Option<CpuPerSend>,
 }
 
 /// CPU time (user + system) per SEND_OK, in µs, summed by role.
@@ -102,18 +102,16 @@ struct CpuPerSend {
 }
 
 impl Cluster {
-    /// CPU time used so far by this process, then by each broker (in `procs` order).
-    fn cpu_us(&self) -> Vec<u64> {
-        std::iter::once(std::process::id())
-            .chain(self.procs.iter().map(|p| p.2 .0.id()))
-            .map(|pid| cpu_us(pid).unwrap_or(0))
-            .collect()
+    /// CPU time used so far by this process, then by each broker (in `procs` order); `None`
+    /// where `/proc` does not say.
+    fn cpu_us(&self) -> Option<Vec<u64>> {
+        std::iter::once(std::process::id()).chain(self.procs.iter().map(|p| p.2 .0.id())).map(cpu_us).collect()
     }
 
     /// CPU used since `before` (from [`Cluster::cpu_us`]) per send; a broker whose name ends
     /// in "-s" is a slave, the others masters.
-    fn cpu_per_send(&self, before: &[u64], sends: u64) -> CpuPerSend {
-        let after = self.cpu_us();
+    fn cpu_per_send(&self, before: &[u64], sends: u64) -> Option<CpuPerSend> {
+        let after = self.cpu_us()?;
         let per_send = |i: usize| after[i].saturating_sub(before[i]) as f64 / sends.max(1) as f64;
         let mut cpu = CpuPerSend { client: per_send(0), masters: 0.0, slaves: 0.0 };
         for (i, (name, ..)) in self.procs.iter().enumerate() {
@@ -123,7 +121,7 @@ impl Cluster {
                 cpu.masters += per_send(i + 1);
             }
         }
-        cpu
+        Some(cpu)
     }
 }
 
@@ -177,17 +175,19 @@ pub async fn run(a: &ReplicationArgs) -> Result<()> {
             });
             let cpu0 = c.cpu_us();
             let o = produce(&args).await?;
-            let cpu = c.cpu_per_send(&cpu0, o.ops);
+            let cpu = cpu0.and_then(|before| c.cpu_per_send(&before, o.ops));
             stop.store(true, Ordering::Relaxed);
             let lag = match lag {
                 Some(t) => Some(t.await?),
                 None => None,
             };
             print_percentiles(&format!("{label:<14} {} B x{threads:<3}", a.size), &o);
-            println!(
-                "               CPU per send: client {:.1} µs, masters {:.1} µs, slaves {:.1} µs",
-                cpu.client, cpu.masters, cpu.slaves
-            );
+            if let Some(cpu) = &cpu {
+                println!(
+                    "               CPU per send: client {:.1} µs, masters {:.1} µs, slaves {:.1} µs",
+                    cpu.client, cpu.masters, cpu.slaves
+                );
+            }
             rows.push(Row { label: label.to_string(), threads, o, lag, cpu });
         }
         if label == "2m-2s-sync" && !a.no_resume && resume.is_none() {
@@ -203,21 +203,20 @@ pub async fn run(a: &ReplicationArgs) -> Result<()> {
     for Row { label, threads, o, lag, cpu } in &rows {
         let base =
             rows.iter().find(|r| r.label == "2m-noslave" && r.threads == *threads).map_or(f64::NAN, |r| r.o.rate());
+        let cpu =
+            cpu.as_ref().map_or("–".to_string(), |c| format!("{:.1} / {:.1} / {:.1}", c.client, c.masters, c.slaves));
         let lag = lag.as_ref().map_or("–".to_string(), |h| {
             format!("{} / {} / {}", h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
         });
         println!(
-            "| {label} | {threads} | {:.0} | {} | {} | {} | {} | {} | {:.0}% | {lag} | {:.1} / {:.1} / {:.1} |",
+            "| {label} | {threads} | {:.0} | {} | {} | {} | {} | {} | {:.0}% | {lag} | {cpu} |",
             o.rate(),
             o.p50_us,
             o.p99_us,
             o.p999_us,
             o.max_us,
             o.failed,
-            100.0 * o.rate() / base,
-            cpu.client,
-            cpu.masters,
-            cpu.slaves
+            100.0 * o.rate() / base
         );
     }
     if let Some((first, resumed)) = resume {
