@@ -193,6 +193,12 @@ fn disk_write_bytes() -> Option<u64> {
 }
 
 /// The physical baseline: the same number of bytes, sequential 1 MiB writes, one fdatasync.
+///
+/// On a guest that hands freed memory back to its host (free page reporting), its speed
+/// depends on what ran before: into page cache the host still backs it runs at memcpy speed
+/// (1–2 GB/s on the VM BENCHMARKS.md was measured on), into memory the host must fault in
+/// again at 150–300 MB/s, and which one a run meets depends on the sizes of the folios the
+/// run before freed.
 fn raw_sequential(dir: &Path, bytes: u64) -> Result<Outcome> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("raw");
@@ -246,13 +252,18 @@ pub fn run_store(a: StoreArgs) -> Result<()> {
                 println!("{}", o.line(&label));
                 if mode == FlushDiskType::AsyncFlush {
                     async_best = async_best.max(mbps);
-                    let raw = raw_sequential(&a.dir, o.bytes)?;
-                    let raw_mbps = raw.bytes as f64 / raw.elapsed.as_secs_f64() / 1e6;
+                    // Twice: what the first finds in memory depends on what the store run
+                    // freed (see `raw_sequential`); the second reuses the first's pages. The
+                    // store is held against the faster.
+                    let rate = |o: &Outcome| o.bytes as f64 / o.elapsed.as_secs_f64() / 1e6;
+                    let first = rate(&raw_sequential(&a.dir, o.bytes)?);
+                    let second = rate(&raw_sequential(&a.dir, o.bytes)?);
+                    let raw_mbps = first.max(second);
                     println!(
-                        "{:<34} {:>26.1} MB/s  (same {} bytes; store reached {:.0}%)",
+                        "{:<34} {:>26.1} MB/s  (same {} bytes, runs {first:.0} and {second:.0} MB/s; store reached {:.0}% of the faster)",
                         "  raw sequential + fdatasync",
                         raw_mbps,
-                        raw.bytes,
+                        o.bytes,
                         100.0 * mbps / raw_mbps
                     );
                 } else if async_best > 0.0 {
