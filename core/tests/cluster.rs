@@ -288,6 +288,40 @@ async fn a_second_broker_on_the_same_store_fails_with_the_lock_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_topic_is_in_the_route_when_the_create_answers() {
+    let ns =
+        NameServer::start(NamesrvConfig { listen_addr: "127.0.0.1:0".into(), ..Default::default() }).await.unwrap();
+    let nsaddr = ns.local_addr().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerController::start(broker_config("broker-a", &nsaddr, dir.path(), 0), Disk::Real).await.unwrap();
+    let admin = Admin::new(ClientConfig::new(&nsaddr));
+    // A new topic, then new queue numbers for it, over and over. Right after each answer the
+    // name server routes what was asked, so a producer does not fall back to the default
+    // route (4 queues here) and send to queues the topic does not have.
+    for queues in [1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 3] {
+        let tc = TopicConfig {
+            topic_name: "TopicNow".into(),
+            read_queue_nums: queues,
+            write_queue_nums: queues,
+            ..Default::default()
+        };
+        admin.create_topic(broker.addr(), &tc).await.unwrap();
+        let route = admin.topic_route("TopicNow").await.unwrap();
+        assert_eq!(route.queue_datas.len(), 1);
+        assert_eq!(route.queue_datas[0].write_queue_nums, queues);
+    }
+    let producer = Producer::start("PG", ClientConfig::new(&nsaddr)).await.unwrap();
+    for i in 0..6 {
+        let r = producer.send(&Message::new("TopicNow", format!("m{i}"))).await.unwrap();
+        assert_eq!(r.status, SendStatus::SendOk);
+        assert!(r.queue.queue_id < 3, "sent to queue {}", r.queue.queue_id);
+    }
+    producer.shutdown().await;
+    broker.shutdown().await.unwrap();
+    ns.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcasting_async_and_oneway_sends_and_name_server_fail_over() {
     let ns =
         NameServer::start(NamesrvConfig { listen_addr: "127.0.0.1:0".into(), ..Default::default() }).await.unwrap();

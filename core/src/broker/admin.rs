@@ -114,7 +114,7 @@ impl Broker {
         }
     }
 
-    pub(super) fn update_topic(self: &Arc<Self>, req: &RemotingCommand) -> RemotingCommand {
+    pub(super) async fn update_topic(self: &Arc<Self>, req: &RemotingCommand) -> RemotingCommand {
         if self.is_slave() {
             return req.error(
                 response::SYSTEM_ERROR,
@@ -151,7 +151,10 @@ impl Broker {
         }
         tracing::info!(topic = %tc.topic_name, read = tc.read_queue_nums, write = tc.write_queue_nums, perm = tc.perm, "update or create topic");
         if self.topics.put(tc) {
-            self.topics_changed();
+            // As RocketMQ's updateAndCreateTopic: written out and registered with the name
+            // servers before the answer, so a client that asks for the route right after
+            // finds it (not the default route, whose queues this topic may not have).
+            self.persist_and_register_topics().await;
         }
         req.response(response::SUCCESS, None)
     }

@@ -244,14 +244,17 @@ impl Broker {
     }
 
     /// Persists topics and tells the name servers, after a topic was created or changed.
+    /// Topics changed on a send (auto-create): written out and registered behind the answer.
     fn topics_changed(self: &Arc<Self>) {
         let b = self.clone();
-        crate::rt::spawn(async move {
-            if let Err(e) = b.topics.persist(b.disk()).await {
-                tracing::error!(error = %e, "persisting topics.json failed");
-            }
-            b.register_all().await;
-        });
+        crate::rt::spawn(async move { b.persist_and_register_topics().await });
+    }
+
+    async fn persist_and_register_topics(self: &Arc<Self>) {
+        if let Err(e) = self.topics.persist(self.disk()).await {
+            tracing::error!(error = %e, "persisting topics.json failed");
+        }
+        self.register_all().await;
     }
 
     /// Tells every consumer of `group` that its members changed (oneway).
@@ -281,7 +284,7 @@ impl Broker {
             request::GET_CONSUMER_LIST_BY_GROUP => self.consumer_list(&req),
             request::QUERY_CONSUMER_OFFSET => self.query_consumer_offset(&req),
             request::UPDATE_CONSUMER_OFFSET => self.update_consumer_offset(&req),
-            request::UPDATE_AND_CREATE_TOPIC => self.update_topic(&req),
+            request::UPDATE_AND_CREATE_TOPIC => self.update_topic(&req).await,
             request::GET_ALL_TOPIC_CONFIG => self.all_topic_config(&req),
             request::GET_MAX_OFFSET => self.queue_offset(&req, MessageStore::max_offset),
             request::GET_MIN_OFFSET => self.queue_offset(&req, MessageStore::min_offset),
