@@ -243,13 +243,13 @@ impl Broker {
         futures_util::future::join_all(calls).await;
     }
 
-    /// Persists topics and tells the name servers, after a topic was created or changed.
     /// Topics changed on a send (auto-create): written out and registered behind the answer.
     fn topics_changed(self: &Arc<Self>) {
         let b = self.clone();
         crate::rt::spawn(async move { b.persist_and_register_topics().await });
     }
 
+    /// Persists topics and tells the name servers, after a topic was created or changed.
     async fn persist_and_register_topics(self: &Arc<Self>) {
         if let Err(e) = self.topics.persist(self.disk()).await {
             tracing::error!(error = %e, "persisting topics.json failed");

@@ -301,10 +301,10 @@ impl RealSegment {
             // Readahead off, so the window comes in as 4 KiB pages. SYNC_FLUSH needs them
             // (see `write_zeros`); ASYNC_FLUSH's bulk write-back would take large folios, but
             // on a guest that hands freed memory back to its host (free page reporting)
-            // large folios land on memory the host must fault in again, while 4 KiB pages
-            // reuse what was freed lately. Measured (C, 8 MiB windows): 0.8–1.2 GB/s against
-            // 0.14–0.65 GB/s after a recent free, 200–250 against 142–160 MB/s when all
-            // memory is cold. A SYNC_FLUSH segment only reads the window in: its appends
+            // they fill in far slower, likely because they land on memory the host must
+            // fault in again while 4 KiB pages reuse what was freed lately. Measured (C,
+            // 8 MiB windows): 0.65–1.0 GB/s against 0.14–0.65 GB/s after a recent free, 249
+            // against 142 MB/s past what had been freed. A SYNC_FLUSH segment only reads the window in: its appends
             // come by `pwrite`, so the pages need not be dirtied.
             let populate = if synced_often { memmap2::Advice::PopulateRead } else { memmap2::Advice::PopulateWrite };
             let _ = self.map.advise_range(memmap2::Advice::Random, at, len);
