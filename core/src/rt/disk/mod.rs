@@ -218,7 +218,9 @@ impl Segment {
     /// (RocketMQ's warmMapedFileEnable): costs write bandwidth, makes each later sync an
     /// overwrite. `synced_often` (SYNC_FLUSH) holds appends in the process until the next
     /// sync writes them with one `pwrite`, instead of writing them through the mapping (see
-    /// `real::Tail`): a process crash loses them, as it loses them in the simulation.
+    /// `real::Tail`): a process crash loses them, as it loses them in the simulation. It also
+    /// marks the segment as an append-only log, whose syncs on the real disk first unmap the
+    /// whole pages they cover (`real::RealSegment::unmap_pages`).
     pub fn set_write_pattern(&self, warm: bool, synced_often: bool) {
         match self {
             Segment::Real(s) => s.set_write_pattern(warm, synced_often),
