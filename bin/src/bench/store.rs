@@ -38,6 +38,10 @@ pub struct StoreArgs {
     /// crossings per run).
     #[arg(long, default_value_t = 1024)]
     segment_mib: u64,
+    /// Extra store properties (`key=value`, repeatable), as in broker.properties, e.g.
+    /// `--set warmMapedFileEnable=false` or `--set messageIndexEnable=false`.
+    #[arg(long)]
+    set: Vec<String>,
 }
 
 #[derive(Args)]
@@ -121,21 +125,33 @@ impl Outcome {
     }
 }
 
-async fn append_run(
-    dir: &Path,
+struct Run<'a> {
+    dir: &'a Path,
     flush: FlushDiskType,
     size: usize,
     writers: usize,
     secs: f64,
     segment: u64,
-) -> Result<Outcome> {
+    set: &'a [String],
+}
+
+async fn append_run(run: Run<'_>) -> Result<Outcome> {
+    let Run { dir, flush, size, writers, secs, segment, set } = run;
     let _ = std::fs::remove_dir_all(dir);
-    let cfg = StoreConfig {
+    let mut cfg = StoreConfig {
         store_path_root_dir: dir.to_path_buf(),
         flush_disk_type: flush,
         mapped_file_size_commit_log: segment,
         ..StoreConfig::default()
     };
+    for kv in set {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--set '{kv}': expected key=value"))?;
+        match cfg.set(k.trim(), v) {
+            Ok(true) => {}
+            Ok(false) => anyhow::bail!("--set '{kv}': '{}' is not a store property", k.trim()),
+            Err(e) => anyhow::bail!("--set '{kv}': {e}"),
+        }
+    }
     let store = MessageStore::open(cfg, Disk::Real).await.context("open store")?;
     let body = Bytes::from(vec![b'x'; size]);
     let rec_len = record_len(&message(&body, 0), store.config().enabled_append_prop_crc) as u64;
@@ -237,6 +253,9 @@ pub fn run_store(a: StoreArgs) -> Result<()> {
         if a.threads == 0 { "current-thread".to_string() } else { format!("{} workers", a.threads) },
         a.dir.display()
     );
+    if !a.set.is_empty() {
+        println!("store properties: {}", a.set.join(" "));
+    }
     for &size in &a.sizes {
         let mut async_best = 0.0f64;
         for flush in &a.flush {
@@ -246,7 +265,17 @@ pub fn run_store(a: StoreArgs) -> Result<()> {
                 other => anyhow::bail!("--flush: '{other}' is not async or sync"),
             };
             for &w in &a.writers {
-                let o = rt.block_on(append_run(&a.dir.join("run"), mode, size, w, a.seconds, a.segment_mib << 20))?;
+                let dir = a.dir.join("run");
+                let run = Run {
+                    dir: &dir,
+                    flush: mode,
+                    size,
+                    writers: w,
+                    secs: a.seconds,
+                    segment: a.segment_mib << 20,
+                    set: &a.set,
+                };
+                let o = rt.block_on(append_run(run))?;
                 let mbps = o.bytes as f64 / o.elapsed.as_secs_f64() / 1e6;
                 let label = format!("{}_FLUSH {size} B x{w} writers", flush.to_uppercase());
                 println!("{}", o.line(&label));
