@@ -52,6 +52,25 @@ fn java_string_hash_matches_java() {
     assert_eq!(java_hash("\u{1F600}"), 1772899);
 }
 
+/// The index hashes `topic#key` without building the string; the slot must be the one a
+/// query for the built string looks in, for ASCII and non-ASCII names alike.
+#[test]
+fn a_key_hashed_in_parts_lands_where_the_whole_key_hashes() {
+    use keel_core::store::index::{key_hash, topic_key_hash};
+    use keel_core::store::record::java_hash_from;
+    let cases = [
+        ("TopicTest", "7F0000010000000000000001"),
+        ("", ""),
+        ("t", "ключ"),
+        ("тема", "key"),
+        ("%RETRY%g", "\u{1F600} x"),
+    ];
+    for (topic, key) in cases {
+        assert_eq!(topic_key_hash(topic, key), key_hash(&format!("{topic}#{key}")), "{topic}#{key}");
+        assert_eq!(java_hash_from(java_hash(topic), key), java_hash(&format!("{topic}{key}")));
+    }
+}
+
 #[test]
 fn every_single_bit_flip_is_detected() {
     let msg = common::message("TopicTest", 1, &[0x5A; 200], Some("TagB"), Some("order-1"), "UNIQ0001");

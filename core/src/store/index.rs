@@ -53,7 +53,16 @@ impl Header {
 
 /// abs(String.hashCode(key)), with the one negative absolute value mapped to 0.
 pub fn key_hash(key: &str) -> i32 {
-    let h = super::record::java_hash(key);
+    slot_hash(super::record::java_hash(key))
+}
+
+/// [`key_hash`] of `topic#key`, the form a message key is indexed under, without building it.
+pub fn topic_key_hash(topic: &str, key: &str) -> i32 {
+    use super::record::{java_hash, java_hash_from};
+    slot_hash(java_hash_from(java_hash_from(java_hash(topic), "#"), key))
+}
+
+fn slot_hash(h: i32) -> i32 {
     if h == i32::MIN {
         0
     } else {
@@ -96,8 +105,7 @@ impl IndexFile {
         Ok(i32::from_be_bytes(b))
     }
 
-    async fn put(&mut self, key: &str, phys: i64, store_ts: i64) -> Result<(), StoreError> {
-        let hash = key_hash(key);
+    async fn put(&mut self, hash: i32, phys: i64, store_ts: i64) -> Result<(), StoreError> {
         let slot_pos = HEADER_SIZE + (hash as u64 % self.slots) * 4;
         let mut prev = self.read_i32(slot_pos).await?;
         if prev < 0 || prev as i64 > self.header.index_count as i64 {
@@ -222,7 +230,8 @@ impl IndexService {
         Ok(rebuild_from)
     }
 
-    pub async fn put(&mut self, key: &str, phys: i64, store_ts: i64) -> Result<(), StoreError> {
+    /// Indexes `phys` under a key's [`key_hash`] (for a message key, [`topic_key_hash`]).
+    pub async fn put(&mut self, hash: i32, phys: i64, store_ts: i64) -> Result<(), StoreError> {
         if self.files.last().is_none_or(|f| f.is_full()) {
             let mut name = file_name_for(store_ts.max(0) as u64);
             while self.files.iter().any(|f| f.name >= name) {
@@ -234,7 +243,7 @@ impl IndexService {
             self.files.push(f);
             self.flushed_count.push(0);
         }
-        self.files.last_mut().unwrap().put(key, phys, store_ts).await
+        self.files.last_mut().unwrap().put(hash, phys, store_ts).await
     }
 
     /// Candidate commitlog offsets for `key`, newest file first, at most `max`.

@@ -305,7 +305,15 @@ impl MessageStore {
             // Store time never goes backwards within one log, even if the clock does.
             let now = crate::rt::now_ms().max(inner.last_store_ts.load(Ordering::Relaxed));
             let phys = inner.commitlog.append(rec, queue_offset as i64, now as i64).await?;
-            st.offsets.entry(msg.topic.clone()).or_default().insert(msg.queue_id, queue_offset + 1);
+            // The topic's name is copied only the first time it is seen.
+            match st.offsets.get_mut(msg.topic.as_str()) {
+                Some(q) => {
+                    q.insert(msg.queue_id, queue_offset + 1);
+                }
+                None => {
+                    st.offsets.entry(msg.topic.clone()).or_default().insert(msg.queue_id, queue_offset + 1);
+                }
+            }
             inner.last_store_ts.store(now, Ordering::Relaxed);
             let info = DispatchInfo::new(msg, queue_offset as i64, phys as i64, rec.len() as i32, now as i64);
             // A dispatch that failed earlier (disk error on a queue file) is caught up from the
@@ -411,10 +419,10 @@ impl MessageStore {
         {
             let mut index = self.inner.index.lock().await;
             if let Some(u) = &d.uniq_key {
-                index.put(&index_key(&d.topic, u), d.phys_offset, d.store_timestamp).await?;
+                index.put(index::topic_key_hash(&d.topic, u), d.phys_offset, d.store_timestamp).await?;
             }
             for k in d.keys.iter().flat_map(|k| k.split(' ')).filter(|k| !k.is_empty()) {
-                index.put(&index_key(&d.topic, k), d.phys_offset, d.store_timestamp).await?;
+                index.put(index::topic_key_hash(&d.topic, k), d.phys_offset, d.store_timestamp).await?;
             }
         }
         Ok(())

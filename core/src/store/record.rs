@@ -123,7 +123,19 @@ pub fn body_crc(body: &[u8]) -> i32 {
 
 /// Java's `String.hashCode` over UTF-16 code units.
 pub fn java_hash(s: &str) -> i32 {
-    s.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32))
+    java_hash_from(0, s)
+}
+
+/// Java's hash of a string that continues one already hashed to `h`: the hash of `a + b`
+/// is `java_hash_from(java_hash(a), b)`.
+pub fn java_hash_from(h: i32, s: &str) -> i32 {
+    let step = |h: i32, c: i32| h.wrapping_mul(31).wrapping_add(c);
+    if s.is_ascii() {
+        // One UTF-16 unit per byte.
+        s.bytes().fold(h, |h, b| step(h, b as i32))
+    } else {
+        s.encode_utf16().fold(h, |h, c| step(h, c as i32))
+    }
 }
 
 /// The consume-queue tag code of a TAGS value: its Java hash, sign-extended; 0 without tags.
