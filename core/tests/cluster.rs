@@ -475,3 +475,79 @@ async fn offsets_committed_past_a_lost_tail_move_back_before_new_messages_take_t
     a.shutdown().await.unwrap();
     ns.shutdown().await;
 }
+
+/// BROADCASTING after a power loss that cost the log its tail: every client of the group reads
+/// every queue at offsets of its own (kept on its disk), so a client coming back past the
+/// recovered end must be moved back even when another client of the group has since been
+/// handed offsets that far; otherwise it skips the new messages that took the lost offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcasting_client_past_a_lost_tail_is_moved_back_though_another_read_that_far() {
+    common::init_logs();
+    let ns =
+        NameServer::start(NamesrvConfig { listen_addr: "127.0.0.1:0".into(), ..Default::default() }).await.unwrap();
+    let nsaddr = ns.local_addr().to_string();
+    let disk = keel_core::rt::disk::SimDisk::new();
+    let mut cfg = broker_config("broker-a", &nsaddr, Path::new("/s"), 0);
+    cfg.store.flush_interval_commit_log_ms = 3_600_000; // the log never becomes durable
+    let a = BrokerController::start(cfg, Disk::Sim(disk.clone())).await.unwrap();
+    let cfg = a.config().clone();
+    let admin = Admin::new(ClientConfig::new(&nsaddr));
+    let tc = TopicConfig { topic_name: "LostB".into(), read_queue_nums: 1, write_queue_nums: 1, ..Default::default() };
+    admin.create_topic(a.addr(), &tc).await.unwrap();
+    wait_until("the topic in the route", Duration::from_secs(10), || async {
+        admin.topic_route("LostB").await.is_ok()
+    })
+    .await;
+    let offsets = tempfile::tempdir().unwrap();
+    let consumer = |name: &str, got: Arc<Mutex<Vec<String>>>| {
+        let mut c = ClientConfig::new(&nsaddr);
+        c.offset_store_dir = offsets.path().to_path_buf();
+        c.instance_name = Some(name.to_string());
+        PushConsumer::builder("BLG", c)
+            .subscribe("LostB", "*")
+            .message_model(keel_core::client::MessageModel::Broadcasting)
+            .consume_from(ConsumeFromWhere::FirstOffset)
+            .start(Arc::new(move |msgs, _| {
+                got.lock().unwrap().extend(msgs.iter().map(|m| String::from_utf8_lossy(&m.inner.body).to_string()));
+                ConsumeResult::Success
+            }))
+    };
+    let producer = Producer::start("PG", ClientConfig::new(&nsaddr)).await.unwrap();
+    for i in 0..5 {
+        producer.send(&Message::new("LostB", format!("old {i}"))).await.unwrap();
+    }
+    // B reads the five messages the power loss will take, and keeps offset 5 on its disk.
+    let got_b: Arc<Mutex<Vec<String>>> = Arc::default();
+    let b = consumer("B", got_b.clone()).await.unwrap();
+    wait_until("B to read the old messages", Duration::from_secs(30), || async { got_b.lock().unwrap().len() >= 5 })
+        .await;
+    b.shutdown().await;
+    a.crash().await;
+    disk.power_loss(&mut <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(1), false);
+
+    let a = BrokerController::start(cfg, Disk::Sim(disk.clone())).await.unwrap();
+    for i in 0..5u64 {
+        let r = producer.send(&Message::new("LostB", format!("new {i}"))).await.unwrap();
+        assert_eq!(r.queue_offset, i, "the lost offsets are given again");
+    }
+    // A, new to the group, reads the new messages: the broker hands the group offsets to 5.
+    let got_a: Arc<Mutex<Vec<String>>> = Arc::default();
+    let a_client = consumer("A", got_a.clone()).await.unwrap();
+    wait_until("A to read the new messages", Duration::from_secs(30), || async { got_a.lock().unwrap().len() >= 5 })
+        .await;
+    // B comes back at offset 5, which the broker never handed B since the crash.
+    got_b.lock().unwrap().clear();
+    let b = consumer("B", got_b.clone()).await.unwrap();
+    wait_until("B to be moved back and read the new messages", Duration::from_secs(30), || async {
+        got_b.lock().unwrap().len() >= 5
+    })
+    .await;
+    let want: Vec<String> = (0..5).map(|i| format!("new {i}")).collect();
+    assert_eq!(*got_b.lock().unwrap(), want);
+    assert_eq!(*got_a.lock().unwrap(), want);
+    b.shutdown().await;
+    a_client.shutdown().await;
+    producer.shutdown().await;
+    a.shutdown().await.unwrap();
+    ns.shutdown().await;
+}

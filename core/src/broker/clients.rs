@@ -60,6 +60,15 @@ impl ClientManager {
             .insert(client_id.to_string(), ClientChannel { conn: conn.clone(), last_update: now });
     }
 
+    /// For a BROADCASTING group, the client whose heartbeat came over `conn` (each such client
+    /// reads every queue at offsets of its own, kept on its disk). `None` for a CLUSTERING
+    /// group, or when no client of the group has sent a heartbeat over `conn` yet.
+    pub fn broadcasting_client(&self, group: &str, conn: &Connection) -> Option<String> {
+        let all = self.consumers.lock().unwrap();
+        let g = all.get(group).filter(|g| g.message_model == "BROADCASTING")?;
+        g.clients.iter().find(|(_, c)| c.conn.id == conn.id).map(|(id, _)| id.clone())
+    }
+
     /// Removes a client from groups; returns the consumer groups whose member set changed.
     pub fn unregister(
         &self,

@@ -32,7 +32,7 @@ use std::time::Duration;
 use topics::{GroupManager, OffsetManager, TopicManager};
 
 /// (consumer group, topic, queue id).
-type GroupQueue = (String, String, i32);
+pub(crate) type GroupQueue = (String, String, i32);
 /// A count of slave cuts, and per (group, topic, queue) the furthest next offset handed out.
 pub(crate) type HandedOut = (u64, std::collections::BTreeMap<GroupQueue, u64>);
 
@@ -277,7 +277,7 @@ impl Broker {
         let resp = match req.code {
             request::SEND_MESSAGE | request::SEND_MESSAGE_V2 => self.send_message(&conn, &req).await,
             request::SEND_BATCH_MESSAGE => self.send_batch(&conn, &req).await,
-            request::PULL_MESSAGE => self.pull_message(&req).await,
+            request::PULL_MESSAGE => self.pull_message(&conn, &req).await,
             request::CONSUMER_SEND_MSG_BACK => self.send_back(&conn, &req).await,
             request::HEART_BEAT => self.heartbeat(&conn, &req),
             request::UNREGISTER_CLIENT => self.unregister_client(&req),

@@ -5,11 +5,12 @@
 //! when long polling is off), then runs again and answers with whatever it finds then. Parked
 //! pulls live inside their connection's task: they cost a future, not a thread or a task.
 
-use super::Broker;
+use super::{Broker, GroupQueue};
 use crate::protocol::body::SubscriptionData;
 use crate::protocol::code::{perm, pull_flag, response};
 use crate::protocol::header::PullMessageHeader;
 use crate::protocol::RemotingCommand;
+use crate::remoting::Connection;
 use crate::store::meta::SubscriptionGroupConfig;
 use crate::store::{GetResult, GetStatus};
 use bytes::BytesMut;
@@ -41,7 +42,7 @@ fn status_code(status: GetStatus, offset: i64) -> (i32, &'static str) {
 impl Broker {
     /// The checks of RocketMQ's `PullMessageProcessor`, then the read, then (if nothing was
     /// found and the pull may wait) the wait.
-    pub(super) async fn pull_message(self: &Arc<Self>, req: &RemotingCommand) -> RemotingCommand {
+    pub(super) async fn pull_message(self: &Arc<Self>, conn: &Connection, req: &RemotingCommand) -> RemotingCommand {
         let h = match PullMessageHeader::decode(req) {
             Ok(h) => h,
             Err(e) => return req.error(response::SYSTEM_ERROR, e.to_string()),
@@ -121,7 +122,12 @@ impl Broker {
         // before a cut says nothing about offsets handed out after it.
         let generation = self.cut_generation();
         let moved_back_end = self.moved_back_end(&h);
-        if let Some(end) = moved_back_end.and_then(|end| self.past_recovered_end(&h, end, generation)) {
+        // Whose offsets a pull past that end is held against: the group's, or under
+        // BROADCASTING this client's (each reads every message, at offsets of its own).
+        let reader = moved_back_end.map(|_| self.handed_key(&h, conn));
+        if let Some(end) =
+            moved_back_end.zip(reader.as_ref()).and_then(|(end, key)| self.past_recovered_end(&h, key, end, generation))
+        {
             tracing::warn!(group = %h.consumer_group, topic = %h.topic, queue = h.queue_id, from = h.queue_offset, to = end,
                 "pull past the end this queue recovered to after a crash; moving the consumer back");
             let mut resp = req.response(response::PULL_OFFSET_MOVED, Some("OFFSET_OVERFLOW_BADLY".into()));
@@ -168,8 +174,8 @@ impl Broker {
         // A slave whose master is up sends its consumers back there.
         let back_to_master = self.is_slave() && self.ha.master_linked();
         let (resp, next) = self.pull_response(req, &h, &group, got, back_to_master);
-        if moved_back_end.is_some() {
-            self.note_handed_out(&h, next, generation);
+        if let Some(key) = reader {
+            self.note_handed_out(key, next, generation);
         }
         resp
     }
@@ -196,13 +202,17 @@ impl Broker {
     /// them): a consumer that read the cut records from the slave while the master was down
     /// would otherwise skip the master's new records at those offsets. Its own recovery
     /// counts for nothing there: its master resends what it lost, at the same offsets.
+    /// Under BROADCASTING every client of a group reads every queue at offsets of its own, so
+    /// what was handed to one says nothing of another: offsets are held per client there
+    /// (`handed_key`), or a client resuming past the end behind another that had read on
+    /// would skip the new messages.
     /// `end` is the queue's recovered (or cut) end; returns where to move.
-    fn past_recovered_end(&self, h: &PullMessageHeader, end: u64, generation: u64) -> Option<u64> {
+    fn past_recovered_end(&self, h: &PullMessageHeader, key: &GroupQueue, end: u64, generation: u64) -> Option<u64> {
         if h.queue_offset <= end as i64 {
             return None;
         }
         let mut handed = self.handed_out(generation);
-        let given = handed.1.entry((h.consumer_group.clone(), h.topic.clone(), h.queue_id)).or_insert(end);
+        let given = handed.1.entry(key.clone()).or_insert(end);
         if h.queue_offset as u64 <= *given {
             return None;
         }
@@ -262,12 +272,25 @@ impl Broker {
 
     /// Notes the next offset an answer hands the group, on a queue with a recovered end
     /// (unless a slave cut its log since the pull began).
-    fn note_handed_out(&self, h: &PullMessageHeader, next: u64, generation: u64) {
+    fn note_handed_out(&self, key: GroupQueue, next: u64, generation: u64) {
         if self.cut_generation() == generation {
             let mut handed = self.handed_out(generation);
-            let given = handed.1.entry((h.consumer_group.clone(), h.topic.clone(), h.queue_id)).or_insert(next);
+            let given = handed.1.entry(key).or_insert(next);
             *given = (*given).max(next);
         }
+    }
+
+    /// The key handed-out offsets are kept under for this pull: (group, topic, queue), the
+    /// group qualified by the client under BROADCASTING (a client not yet known by its
+    /// heartbeat on this connection counts as the plain group, as every client did before).
+    /// A CLUSTERING group's commits are checked against the plain group's entry
+    /// (`committable`); broadcasting clients commit nothing to the broker.
+    fn handed_key(&self, h: &PullMessageHeader, conn: &Connection) -> GroupQueue {
+        let group = match self.clients.broadcasting_client(&h.consumer_group, conn) {
+            Some(client) => format!("{} (broadcasting client {client})", h.consumer_group),
+            None => h.consumer_group.clone(),
+        };
+        (group, h.topic.clone(), h.queue_id)
     }
 
     /// The queue's recovered end on a master, its cut end on a slave.
