@@ -95,6 +95,11 @@ pub struct Ha {
     reclaiming: AtomicBool,
     /// Master: one connection at a time takes back; the deadline waits for it.
     reclaim: AsyncMutex<()>,
+    /// Master: how many slaves the name servers knew for this broker when it came back (0:
+    /// none known, and the first slave's give-back ends the reclaim).
+    expected_slaves: AtomicUsize,
+    /// Master: slave connections that gave back their tail during this reclaim.
+    given_back: AtomicUsize,
     stop: watch::Sender<bool>,
 }
 
@@ -132,6 +137,8 @@ impl Ha {
             linked: AtomicBool::new(false),
             reclaiming: AtomicBool::new(reclaiming),
             reclaim: AsyncMutex::new(()),
+            expected_slaves: AtomicUsize::new(0),
+            given_back: AtomicUsize::new(0),
             stop,
         }))
     }
@@ -140,6 +147,19 @@ impl Ha {
     /// refused meanwhile).
     pub fn reclaiming(&self) -> bool {
         self.reclaiming.load(Ordering::Acquire)
+    }
+
+    /// Master, reclaiming: the slaves the name servers know for this broker. Each must give
+    /// back what it holds past this log's end before sends are taken: a SYNC_MASTER answers
+    /// SEND_OK once any one slave has the bytes, so the slave that reaches the master first
+    /// may be one that had fallen behind, and the tail only another holds would be dropped
+    /// by that other when it attaches to the new epoch. A slave that gives back twice (it
+    /// reconnected) counts twice; `haReclaimTimeout` bounds the wait for one that is gone.
+    pub fn expect_slaves(&self, n: usize) {
+        self.expected_slaves.store(n, Ordering::Release);
+        if self.reclaiming() && n > 1 {
+            tracing::info!(slaves = n, "HA: taking back from every slave the name servers know");
+        }
     }
 
     /// Master: stops waiting for a slave after `haReclaimTimeout`.
@@ -297,7 +317,13 @@ impl Ha {
                 if let Err(e) = self.take_back(&mut stream).await {
                     return e;
                 }
-                self.end_reclaim().await;
+                let given = self.given_back.fetch_add(1, Ordering::AcqRel) + 1;
+                let expected = self.expected_slaves.load(Ordering::Acquire).max(1);
+                if given >= expected {
+                    self.end_reclaim().await;
+                } else {
+                    tracing::info!(given, expected, "HA: a slave gave back its tail; waiting for the others");
+                }
             }
         }
         let mut stop = self.stop.subscribe();

@@ -182,6 +182,36 @@ impl Broker {
         futures_util::future::join_all(calls).await;
     }
 
+    /// How many slaves of this broker (same cluster and name, id > 0) the name servers have
+    /// registered: the most any one of them knows; 0 when none answers.
+    async fn registered_slaves(&self) -> usize {
+        let calls = self.namesrv_addrs().into_iter().map(|addr| async move {
+            let req = RemotingCommand::request(request::GET_BROKER_CLUSTER_INFO, Default::default());
+            match self.namesrv.invoke(&addr, req, Duration::from_secs(3)).await {
+                Ok(r) if r.code == response::SUCCESS => match body::decode::<body::ClusterInfo>(&r.body) {
+                    Ok(info) => info
+                        .broker_addr_table
+                        .get(&self.cfg.broker_name)
+                        .filter(|b| b.cluster == self.cfg.broker_cluster_name)
+                        .map_or(0, |b| b.broker_addrs.keys().filter(|id| **id != 0).count()),
+                    Err(e) => {
+                        tracing::warn!(namesrv = %addr, error = %e, "cluster info: bad body");
+                        0
+                    }
+                },
+                Ok(r) => {
+                    tracing::warn!(namesrv = %addr, code = r.code, "cluster info refused");
+                    0
+                }
+                Err(e) => {
+                    tracing::warn!(namesrv = %addr, error = %e, "cluster info failed");
+                    0
+                }
+            }
+        });
+        futures_util::future::join_all(calls).await.into_iter().max().unwrap_or(0)
+    }
+
     /// Slave: copies topics, subscription groups and consumer offsets from its master.
     async fn sync_from_master(self: &Arc<Self>) {
         let Some(master) = self.master_addr.lock().unwrap().clone() else { return };
@@ -446,6 +476,9 @@ impl BrokerController {
         }
         match ha_listener {
             Some(l) => {
+                if ha.reclaiming() {
+                    ha.expect_slaves(broker.registered_slaves().await);
+                }
                 tasks.push(crate::rt::spawn(ha.clone().reclaim_deadline()));
                 tasks.push(crate::rt::spawn(ha.clone().serve(l)));
             }
