@@ -46,6 +46,9 @@ use std::time::Duration;
 pub const EPOCH_FILE: &str = "haEpoch.json";
 const HEADER: usize = 12;
 const EPOCH_FRAME: i64 = -1;
+/// A slave's first frame of a give-back: its brokerId (8 bytes), so a master waiting for
+/// several slaves counts each once, however often one reconnects.
+const SLAVE_ID_FRAME: i64 = -2;
 /// A frame larger than this is garbage, not a batch.
 const MAX_FRAME: usize = 64 << 20;
 
@@ -95,11 +98,11 @@ pub struct Ha {
     reclaiming: AtomicBool,
     /// Master: one connection at a time takes back; the deadline waits for it.
     reclaim: AsyncMutex<()>,
-    /// Master: how many slaves the name servers knew for this broker when it came back (0:
-    /// none known, and the first slave's give-back ends the reclaim).
-    expected_slaves: AtomicUsize,
-    /// Master: slave connections that gave back their tail during this reclaim.
-    given_back: AtomicUsize,
+    /// Master: the slave ids the name servers knew for this broker when it came back (none
+    /// known: the first slave's give-back ends the reclaim).
+    expected_slaves: Mutex<std::collections::BTreeSet<u64>>,
+    /// Master: the slaves that gave back their tail during this reclaim, by brokerId.
+    given_back: Mutex<std::collections::BTreeSet<u64>>,
     stop: watch::Sender<bool>,
 }
 
@@ -137,8 +140,8 @@ impl Ha {
             linked: AtomicBool::new(false),
             reclaiming: AtomicBool::new(reclaiming),
             reclaim: AsyncMutex::new(()),
-            expected_slaves: AtomicUsize::new(0),
-            given_back: AtomicUsize::new(0),
+            expected_slaves: Default::default(),
+            given_back: Default::default(),
             stop,
         }))
     }
@@ -153,13 +156,26 @@ impl Ha {
     /// back what it holds past this log's end before sends are taken: a SYNC_MASTER answers
     /// SEND_OK once any one slave has the bytes, so the slave that reaches the master first
     /// may be one that had fallen behind, and the tail only another holds would be dropped
-    /// by that other when it attaches to the new epoch. A slave that gives back twice (it
-    /// reconnected) counts twice; `haReclaimTimeout` bounds the wait for one that is gone.
-    pub fn expect_slaves(&self, n: usize) {
-        self.expected_slaves.store(n, Ordering::Release);
-        if self.reclaiming() && n > 1 {
-            tracing::info!(slaves = n, "HA: taking back from every slave the name servers know");
+    /// by that other when it attaches to the new epoch. Slaves are told apart by the brokerId
+    /// each sends first in its give-back; `haReclaimTimeout` bounds the wait for one that is
+    /// gone.
+    pub fn expect_slaves(&self, ids: std::collections::BTreeSet<u64>) {
+        if self.reclaiming() && ids.len() > 1 {
+            tracing::info!(slaves = ?ids, "HA: taking back from every slave the name servers know");
         }
+        *self.expected_slaves.lock().unwrap() = ids;
+    }
+
+    /// Master: notes that slave `id` gave back; true once every expected slave has.
+    fn all_given_back(&self, id: u64) -> bool {
+        let mut given = self.given_back.lock().unwrap();
+        given.insert(id);
+        let expected = self.expected_slaves.lock().unwrap();
+        let missing: Vec<u64> = expected.difference(&given).copied().collect();
+        if !missing.is_empty() {
+            tracing::info!(slave = id, ?missing, "HA: a slave gave back its tail; waiting for the others");
+        }
+        missing.is_empty()
     }
 
     /// Master: stops waiting for a slave after `haReclaimTimeout`.
@@ -314,15 +330,13 @@ impl Ha {
         if self.reclaiming() {
             let _one = self.reclaim.lock().await;
             if self.reclaiming() {
-                if let Err(e) = self.take_back(&mut stream).await {
-                    return e;
-                }
-                let given = self.given_back.fetch_add(1, Ordering::AcqRel) + 1;
-                let expected = self.expected_slaves.load(Ordering::Acquire).max(1);
-                if given >= expected {
-                    self.end_reclaim().await;
-                } else {
-                    tracing::info!(given, expected, "HA: a slave gave back its tail; waiting for the others");
+                match self.take_back(&mut stream).await {
+                    Err(e) => return e,
+                    Ok(id) => {
+                        if self.all_given_back(id) {
+                            self.end_reclaim().await;
+                        }
+                    }
                 }
             }
         }
@@ -416,21 +430,36 @@ impl Ha {
     }
 
     /// Master, not stopped cleanly: asks the slave for what it holds past this log's end and
-    /// appends it verbatim.
-    async fn take_back(&self, stream: &mut TcpStream) -> Result<(), String> {
+    /// appends it verbatim. Returns the slave's brokerId.
+    async fn take_back(&self, stream: &mut TcpStream) -> Result<u64, String> {
         let from = self.store.max_phys();
         let frame = epoch_frame(&self.epochs(), Some(from));
         write_all(stream, &frame).await.map_err(|e| format!("write failed: {e}"))?;
         let wait = Duration::from_millis(self.cfg.ha_housekeeping_interval_ms);
         let mut stop = self.stop.subscribe();
         let mut rbuf = BytesMut::with_capacity(64 * 1024);
+        let mut slave = None;
         loop {
             while let Some((start, body)) = next_frame(&mut rbuf)? {
                 let end = self.store.max_phys();
+                if start == SLAVE_ID_FRAME {
+                    let id = <[u8; 8]>::try_from(&body[..]).map_err(|_| "bad slave id frame".to_string())?;
+                    slave = Some(u64::from_be_bytes(id));
+                    continue;
+                }
+                let Some(slave) = slave else {
+                    return Err("slave gave back bytes before its id".to_string());
+                };
                 if body.is_empty() {
                     self.store.raise_recovered_ends();
-                    tracing::info!(from, to = end, bytes = end - from, "HA: took back the log tail from the slave");
-                    return Ok(());
+                    tracing::info!(
+                        slave,
+                        from,
+                        to = end,
+                        bytes = end - from,
+                        "HA: took back the log tail from the slave"
+                    );
+                    return Ok(slave);
                 }
                 if start != end as i64 {
                     return Err(format!("slave gave back bytes at {start}, this log ends at {end}"));
@@ -581,6 +610,10 @@ impl Ha {
         let end = self.store.complete_phys();
         let mut at = from;
         let mut out = BytesMut::new();
+        out.put_i64(SLAVE_ID_FRAME);
+        out.put_i32(8);
+        out.put_u64(self.cfg.broker_id);
+        write_all(stream, &out).await.map_err(|e| format!("write failed: {e}"))?;
         while at < end {
             let data = self
                 .store

@@ -182,9 +182,9 @@ impl Broker {
         futures_util::future::join_all(calls).await;
     }
 
-    /// How many slaves of this broker (same cluster and name, id > 0) the name servers have
-    /// registered: the most any one of them knows; 0 when none answers.
-    async fn registered_slaves(&self) -> usize {
+    /// The slaves of this broker (same cluster and name, id > 0) the name servers have
+    /// registered, all that any of them knows; none when none answers.
+    async fn registered_slaves(&self) -> std::collections::BTreeSet<u64> {
         let calls = self.namesrv_addrs().into_iter().map(|addr| async move {
             let req = RemotingCommand::request(request::GET_BROKER_CLUSTER_INFO, Default::default());
             match self.namesrv.invoke(&addr, req, Duration::from_secs(3)).await {
@@ -193,23 +193,25 @@ impl Broker {
                         .broker_addr_table
                         .get(&self.cfg.broker_name)
                         .filter(|b| b.cluster == self.cfg.broker_cluster_name)
-                        .map_or(0, |b| b.broker_addrs.keys().filter(|id| **id != 0).count()),
+                        .map_or_else(std::collections::BTreeSet::new, |b| {
+                            b.broker_addrs.keys().copied().filter(|id| *id != 0).collect()
+                        }),
                     Err(e) => {
                         tracing::warn!(namesrv = %addr, error = %e, "cluster info: bad body");
-                        0
+                        Default::default()
                     }
                 },
                 Ok(r) => {
                     tracing::warn!(namesrv = %addr, code = r.code, "cluster info refused");
-                    0
+                    Default::default()
                 }
                 Err(e) => {
                     tracing::warn!(namesrv = %addr, error = %e, "cluster info failed");
-                    0
+                    Default::default()
                 }
             }
         });
-        futures_util::future::join_all(calls).await.into_iter().max().unwrap_or(0)
+        futures_util::future::join_all(calls).await.into_iter().flatten().collect()
     }
 
     /// Slave: copies topics, subscription groups and consumer offsets from its master.
