@@ -409,13 +409,19 @@ fn walk(dir: &Path) -> Vec<String> {
     out
 }
 
-/// An ASYNC_FLUSH master loses power after it wrote a consumer's offsets but before the log
-/// they count was synced. Before a new message takes one of the lost offsets, the committed
-/// offset is moved back to the queue's recovered end and written out, so a consumer resuming
-/// from it after a later clean restart reads the new messages instead of skipping them. A
-/// commit past the end at an offset the broker never handed out is kept at the end.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offsets_committed_past_a_lost_tail_move_back_before_new_messages_take_those_offsets() {
+/// A name server and broker-a on a simulated disk whose log never becomes durable (a power
+/// loss takes every message), with a one-queue topic in the route. `cfg` is the broker's
+/// config with the ports it took, for restarts.
+struct LostTail {
+    ns: NameServer,
+    nsaddr: String,
+    disk: keel_core::rt::disk::SimDisk,
+    broker: BrokerController,
+    cfg: BrokerConfig,
+    admin: Admin,
+}
+
+async fn lost_tail_broker(topic: &str, tweak: impl FnOnce(&mut BrokerConfig)) -> LostTail {
     common::init_logs();
     let ns =
         NameServer::start(NamesrvConfig { listen_addr: "127.0.0.1:0".into(), ..Default::default() }).await.unwrap();
@@ -423,14 +429,26 @@ async fn offsets_committed_past_a_lost_tail_move_back_before_new_messages_take_t
     let disk = keel_core::rt::disk::SimDisk::new();
     let mut cfg = broker_config("broker-a", &nsaddr, Path::new("/s"), 0);
     cfg.store.flush_interval_commit_log_ms = 3_600_000; // the log never becomes durable
-    cfg.flush_consumer_offset_interval_ms = 100;
-    let a = BrokerController::start(cfg, Disk::Sim(disk.clone())).await.unwrap();
-    let cfg = a.config().clone(); // the ports it took, for the restarts
+    tweak(&mut cfg);
+    let broker = BrokerController::start(cfg, Disk::Sim(disk.clone())).await.unwrap();
+    let cfg = broker.config().clone();
     let admin = Admin::new(ClientConfig::new(&nsaddr));
-    let tc = TopicConfig { topic_name: "Lost".into(), read_queue_nums: 1, write_queue_nums: 1, ..Default::default() };
-    admin.create_topic(a.addr(), &tc).await.unwrap();
-    wait_until("the topic in the route", Duration::from_secs(10), || async { admin.topic_route("Lost").await.is_ok() })
+    let tc = TopicConfig { topic_name: topic.into(), read_queue_nums: 1, write_queue_nums: 1, ..Default::default() };
+    admin.create_topic(broker.addr(), &tc).await.unwrap();
+    wait_until("the topic in the route", Duration::from_secs(10), || async { admin.topic_route(topic).await.is_ok() })
         .await;
+    LostTail { ns, nsaddr, disk, broker, cfg, admin }
+}
+
+/// An ASYNC_FLUSH master loses power after it wrote a consumer's offsets but before the log
+/// they count was synced. Before a new message takes one of the lost offsets, the committed
+/// offset is moved back to the queue's recovered end and written out, so a consumer resuming
+/// from it after a later clean restart reads the new messages instead of skipping them. A
+/// commit past the end at an offset the broker never handed out is kept at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_committed_past_a_lost_tail_move_back_before_new_messages_take_those_offsets() {
+    let LostTail { ns, nsaddr, disk, broker: a, cfg, admin } =
+        lost_tail_broker("Lost", |cfg| cfg.flush_consumer_offset_interval_ms = 100).await;
     let producer = Producer::start("PG", ClientConfig::new(&nsaddr)).await.unwrap();
     for i in 0..5 {
         producer.send(&Message::new("Lost", format!("old {i}"))).await.unwrap();
@@ -482,22 +500,7 @@ async fn offsets_committed_past_a_lost_tail_move_back_before_new_messages_take_t
 /// handed offsets that far; otherwise it skips the new messages that took the lost offsets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcasting_client_past_a_lost_tail_is_moved_back_though_another_read_that_far() {
-    common::init_logs();
-    let ns =
-        NameServer::start(NamesrvConfig { listen_addr: "127.0.0.1:0".into(), ..Default::default() }).await.unwrap();
-    let nsaddr = ns.local_addr().to_string();
-    let disk = keel_core::rt::disk::SimDisk::new();
-    let mut cfg = broker_config("broker-a", &nsaddr, Path::new("/s"), 0);
-    cfg.store.flush_interval_commit_log_ms = 3_600_000; // the log never becomes durable
-    let a = BrokerController::start(cfg, Disk::Sim(disk.clone())).await.unwrap();
-    let cfg = a.config().clone();
-    let admin = Admin::new(ClientConfig::new(&nsaddr));
-    let tc = TopicConfig { topic_name: "LostB".into(), read_queue_nums: 1, write_queue_nums: 1, ..Default::default() };
-    admin.create_topic(a.addr(), &tc).await.unwrap();
-    wait_until("the topic in the route", Duration::from_secs(10), || async {
-        admin.topic_route("LostB").await.is_ok()
-    })
-    .await;
+    let LostTail { ns, nsaddr, disk, broker: a, cfg, admin: _admin } = lost_tail_broker("LostB", |_| {}).await;
     let offsets = tempfile::tempdir().unwrap();
     let consumer = |name: &str, got: Arc<Mutex<Vec<String>>>| {
         let mut c = ClientConfig::new(&nsaddr);

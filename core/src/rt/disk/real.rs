@@ -398,25 +398,6 @@ impl RealSegment {
         Ok(Bytes::from(out))
     }
 
-    pub fn sync(&self, from: u64, to: u64) -> io::Result<()> {
-        if self.synced_often.load(Ordering::Relaxed) {
-            let _one = self.syncing.lock().unwrap();
-            self.write_out_tail()?;
-        }
-        if to <= from {
-            return Ok(());
-        }
-        check_range(&self.path, self.size, from, to - from);
-        if self.log.load(Ordering::Relaxed) && !self.synced_often.load(Ordering::Relaxed) {
-            self.unmap_pages(from, to);
-        }
-        // msync of the range is fdatasync of just those pages (vfs_fsync_range), whether they
-        // were written through the mapping or by pwrite.
-        self.map.flush_range(from as usize, (to - from) as usize)
-    }
-}
-
-impl RealSegment {
     /// Drops the mapping's page-table entries for the whole pages in `from..to`, so that the
     /// sync's write-back finds them unmapped. Write-back write-protects every page it cleans
     /// that a writable entry maps, and each of those is a TLB shootdown across the CPUs the
@@ -437,6 +418,23 @@ impl RealSegment {
                 self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo as usize, (hi - lo) as usize)
             };
         }
+    }
+
+    pub fn sync(&self, from: u64, to: u64) -> io::Result<()> {
+        if self.synced_often.load(Ordering::Relaxed) {
+            let _one = self.syncing.lock().unwrap();
+            self.write_out_tail()?;
+        }
+        if to <= from {
+            return Ok(());
+        }
+        check_range(&self.path, self.size, from, to - from);
+        if self.log.load(Ordering::Relaxed) && !self.synced_often.load(Ordering::Relaxed) {
+            self.unmap_pages(from, to);
+        }
+        // msync of the range is fdatasync of just those pages (vfs_fsync_range), whether they
+        // were written through the mapping or by pwrite.
+        self.map.flush_range(from as usize, (to - from) as usize)
     }
 }
 
