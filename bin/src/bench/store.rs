@@ -100,6 +100,8 @@ struct Outcome {
     disk_bytes: Option<u64>,
     /// Latency (ns) of each put that opened a new commitlog segment (the first record there).
     crossings: Vec<u64>,
+    /// The part of `elapsed` after the last put: the final flush (or the baseline's fdatasync).
+    final_flush: Duration,
 }
 
 impl Outcome {
@@ -127,6 +129,10 @@ impl Outcome {
         } else {
             let us: Vec<String> = self.crossings.iter().map(|n| format!("{:.0}", *n as f64 / 1000.0)).collect();
             format!("  [puts opening a segment: {} µs]", us.join(", "))
+        } + &if self.msgs > 0 {
+            format!("  [final flush {:.0} ms]", self.final_flush.as_secs_f64() * 1000.0)
+        } else {
+            String::new()
         }
     }
 }
@@ -202,13 +208,26 @@ async fn append_run(run: Run<'_>) -> Result<Outcome> {
     }
     // Durable at the end in both modes, like the baseline's final fdatasync.
     let (syncs, sync_nanos) = store.flush_stats();
+    let appended = started.elapsed();
     store.flush_all().await?;
     let elapsed = started.elapsed();
+    let final_flush = elapsed - appended;
     store.shutdown().await?;
     let disk_bytes = disk_write_bytes().zip(disk_before).map(|(a, b)| a - b);
     std::fs::remove_dir_all(dir)?;
     let msgs = hist.len();
-    Ok(Outcome { msgs, bytes: msgs * rec_len, elapsed, hist, timeouts, syncs, sync_nanos, disk_bytes, crossings })
+    Ok(Outcome {
+        msgs,
+        bytes: msgs * rec_len,
+        elapsed,
+        hist,
+        timeouts,
+        syncs,
+        sync_nanos,
+        disk_bytes,
+        crossings,
+        final_flush,
+    })
 }
 
 /// `write_bytes` of `/proc/self/io`: what this process has caused to be written to storage
@@ -238,6 +257,7 @@ fn raw_sequential(dir: &Path, bytes: u64) -> Result<Outcome> {
         f.write_all(&chunk[..n])?;
         left -= n as u64;
     }
+    let written = started.elapsed();
     f.sync_data()?;
     let elapsed = started.elapsed();
     std::fs::remove_file(&path)?;
@@ -253,6 +273,7 @@ fn raw_sequential(dir: &Path, bytes: u64) -> Result<Outcome> {
         sync_nanos: 0,
         disk_bytes: None,
         crossings: Vec::new(),
+        final_flush: elapsed - written,
     })
 }
 
@@ -296,14 +317,18 @@ pub fn run_store(a: StoreArgs) -> Result<()> {
                     // freed (see `raw_sequential`); the second reuses the first's pages. The
                     // store is held against the faster.
                     let rate = |o: &Outcome| o.bytes as f64 / o.elapsed.as_secs_f64() / 1e6;
-                    let first = rate(&raw_sequential(&a.dir, o.bytes)?);
-                    let second = rate(&raw_sequential(&a.dir, o.bytes)?);
-                    let raw_mbps = first.max(second);
+                    let (first, second) = (raw_sequential(&a.dir, o.bytes)?, raw_sequential(&a.dir, o.bytes)?);
+                    let raw_mbps = rate(&first).max(rate(&second));
+                    let ms = |o: &Outcome| o.final_flush.as_secs_f64() * 1000.0;
                     println!(
-                        "{:<34} {:>26.1} MB/s  (same {} bytes, runs {first:.0} and {second:.0} MB/s; store reached {:.0}% of the faster)",
+                        "{:<34} {:>26.1} MB/s  (same {} bytes, runs {:.0} and {:.0} MB/s, fdatasync {:.0} and {:.0} ms; store reached {:.0}% of the faster)",
                         "  raw sequential + fdatasync",
                         raw_mbps,
                         o.bytes,
+                        rate(&first),
+                        rate(&second),
+                        ms(&first),
+                        ms(&second),
                         100.0 * mbps / raw_mbps
                     );
                 } else if async_best > 0.0 {

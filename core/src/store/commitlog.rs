@@ -428,7 +428,13 @@ impl CommitLog {
             }
             let start = from.max(base) - base;
             let end = to.min(base + self.segment_size) - base;
-            seg.sync(start, end).await?;
+            // SYNC_FLUSH's group syncs are short and on every put's path; ASYNC_FLUSH's
+            // periodic ones cover up to hundreds of MB (see `Segment::sync_aside`).
+            if self.synced_often {
+                seg.sync(start, end).await?;
+            } else {
+                seg.sync_aside(start, end).await?;
+            }
         }
         self.flushed.fetch_max(to, Ordering::AcqRel);
         Ok(())

@@ -289,7 +289,7 @@ impl ConsumeQueue {
             f.range(from - from % self.file_size..to).map(|(b, s)| (*b, s.clone())).collect()
         };
         for (base, seg) in files {
-            seg.sync(from.max(base) - base, to.min(base + self.file_size) - base).await?;
+            seg.sync_aside(from.max(base) - base, to.min(base + self.file_size) - base).await?;
         }
         self.flushed.fetch_max(to, Ordering::AcqRel);
         Ok(())

@@ -241,10 +241,29 @@ impl Segment {
     }
 
     /// Makes `from..to` durable. On the real disk the msync runs inline on the calling
-    /// task's thread: measured, a hop to the blocking pool costs more per sync than it frees.
+    /// task's thread: for SYNC_FLUSH's short group syncs a hop to the blocking pool costs
+    /// more per sync than it frees (measured). Long syncs use [`sync_aside`](Self::sync_aside).
     pub async fn sync(&self, from: u64, to: u64) -> io::Result<()> {
         match self {
             Segment::Real(s) => s.sync(from, to),
+            Segment::Sim(s) => s.sync(from, to).await,
+        }
+    }
+
+    /// [`sync`](Self::sync) for syncs that may take long (ASYNC_FLUSH's periodic flush, the
+    /// queue and index checkpoints): on the real disk on a blocking thread, not a runtime
+    /// worker. A worker blocked in a sync of hundreds of MB holds every task queued on it:
+    /// `bench store` showed ASYNC_FLUSH puts of 180-380 ms, each ending the moment a periodic
+    /// msync on its worker did.
+    pub async fn sync_aside(&self, from: u64, to: u64) -> io::Result<()> {
+        match self {
+            Segment::Real(s) => {
+                let s = s.clone();
+                tokio::runtime::Handle::current()
+                    .spawn_blocking(move || s.sync(from, to))
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(format!("sync task failed: {e}"))))
+            }
             Segment::Sim(s) => s.sync(from, to).await,
         }
     }

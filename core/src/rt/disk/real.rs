@@ -2,7 +2,8 @@
 //! full disk shows up as ENOSPC when a segment is created, never as SIGBUS on a mapped write;
 //! `sync` is `msync(MS_SYNC)` of the range, which on Linux is fdatasync of those pages; on a
 //! log written through the mapping it first drops the range's page-table entries, so the
-//! write-back has no TLB shootdown per page (`unmap_pages`).
+//! write-back has no TLB shootdown per page (`unmap_pages`), and the write-back of such a
+//! log starts behind the writer, window by window, without waiting (`start_write_back`).
 //! Appends are copied into the mapping, except on a segment synced after every group of
 //! appends (SYNC_FLUSH), where they wait in memory for the next sync's one `pwrite` (`Tail`).
 //! Reads always go through the mapping, with the bytes still held copied over them.
@@ -23,6 +24,8 @@ pub struct RealSegment {
     size: u64,
     /// Bytes from the start already prefaulted (or being prefaulted) for writing.
     populated: AtomicU64,
+    /// Bytes from the start whose write-back has been started (see `start_write_back`).
+    written_back: AtomicU64,
     /// Also write the prefaulted window out (see `populate_ahead`).
     warm: AtomicBool,
     /// Synced after every group of appends (SYNC_FLUSH): appends collect in `tail` and reach
@@ -130,6 +133,7 @@ pub fn open_segment(path: &Path, size: u64) -> io::Result<RealSegment> {
         map,
         size,
         populated: AtomicU64::new(0),
+        written_back: AtomicU64::new(0),
         warm: Default::default(),
         synced_often: Default::default(),
         log: Default::default(),
@@ -285,7 +289,34 @@ impl RealSegment {
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let seg = this.clone();
-        rt.spawn_blocking(move || seg.populate(from, to));
+        let write_back = this.log.load(Ordering::Relaxed) && !this.synced_often.load(Ordering::Relaxed);
+        rt.spawn_blocking(move || {
+            if write_back {
+                seg.start_write_back(written_end / PAGE * PAGE);
+            }
+            seg.populate(from, to)
+        });
+    }
+
+    /// Starts the write-back of the log's whole pages below `to` not started yet, without
+    /// waiting for it (`sync_file_range(SYNC_FILE_RANGE_WRITE)`); their page-table entries
+    /// are dropped first, as before a sync (`unmap_pages`). Durability is unchanged: only a
+    /// sync makes bytes durable. It keeps the disk busy while appends go on: with the
+    /// periodic sync alone (every `flushIntervalCommitLog` after the last one ended) the
+    /// page cache collected ~1 GB between syncs at 700 MB/s of 1 KiB appends, and the final
+    /// flush of `bench store` took 0.6-0.9 s after 3 s of appending; started every few MiB
+    /// as here, 0.02-0.35 s. Called with each prefault window, on its blocking thread.
+    fn start_write_back(&self, to: u64) {
+        let from = self.written_back.fetch_max(to, Ordering::Relaxed);
+        if from >= to {
+            return;
+        }
+        self.unmap_pages(from, to);
+        use std::os::fd::AsRawFd;
+        // SAFETY: plain syscall on an open descriptor owned by `self`.
+        unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), from as i64, (to - from) as i64, libc::SYNC_FILE_RANGE_WRITE);
+        }
     }
 
     /// A segment opened ahead of need: faults in its first windows now, on the calling
@@ -596,5 +627,67 @@ mod tests {
         RealSegment::write_at(&other, 0, &data).unwrap();
         other.sync(0, data.len() as u64).unwrap();
         assert!(page_mapped(other.map.as_ptr() as usize), "a non-log segment was unmapped");
+    }
+
+    /// Dirty pages of the file in `from..to`, from the page cache (`cachestat`, Linux 6.5);
+    /// `None` where the kernel lacks it.
+    fn dirty_pages(file: &File, from: u64, to: u64) -> Option<u64> {
+        use std::os::fd::AsRawFd;
+        #[repr(C)]
+        struct Range {
+            off: u64,
+            len: u64,
+        }
+        #[repr(C)]
+        #[derive(Default)]
+        struct Stat {
+            cache: u64,
+            dirty: u64,
+            writeback: u64,
+            evicted: u64,
+            recently_evicted: u64,
+        }
+        const SYS_CACHESTAT: libc::c_long = 451;
+        let range = Range { off: from, len: to - from };
+        let mut stat = Stat::default();
+        // SAFETY: the kernel reads `range` and writes `stat`, both live for the call.
+        let rc = unsafe { libc::syscall(SYS_CACHESTAT, file.as_raw_fd(), &range, &mut stat, 0) };
+        (rc == 0).then_some(stat.dirty)
+    }
+
+    /// Appends to a log start the write-back of the whole pages behind them as the writer
+    /// moves on (with each prefault window), unmapping them first; no sync is needed for
+    /// the pages to leave the dirty state, and the bytes stay readable. Other segments are
+    /// left to their syncs.
+    #[test]
+    fn appends_to_a_log_start_the_write_back_of_the_pages_behind_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        let len = 3 * POPULATE_WINDOW + 1000;
+        let data: Vec<u8> = (0..len as u32).map(|i| (i * 13 % 251) as u8).collect();
+        let write = |name: &str, log: bool| {
+            let seg = Arc::new(open_segment(&dir.path().join(name), 4 * POPULATE_WINDOW).unwrap());
+            if log {
+                seg.set_write_pattern(false, false);
+            }
+            rt.block_on(async {
+                for (i, chunk) in data.chunks(1000).enumerate() {
+                    RealSegment::write_at(&seg, (i * 1000) as u64, chunk).unwrap();
+                }
+            });
+            seg
+        };
+        let log = write("log", true);
+        let other = write("other", false);
+        drop(rt); // waits for the blocking threads' prefaults and write-backs
+        let Some(other_dirty) = dirty_pages(&other.file, 0, POPULATE_WINDOW) else {
+            eprintln!("no cachestat on this kernel; skipping the page-cache checks");
+            return;
+        };
+        assert_eq!(other_dirty, POPULATE_WINDOW / PAGE, "a non-log segment was written back without a sync");
+        assert_eq!(dirty_pages(&log.file, 0, POPULATE_WINDOW), Some(0), "pages behind the writer still dirty");
+        assert!(!page_mapped(log.map.as_ptr() as usize), "a written-back page is still mapped");
+        assert_eq!(&RealSegment::read_at(&log, 0, len as usize).unwrap()[..], &data[..]);
+        assert_eq!(&std::fs::read(dir.path().join("log")).unwrap()[..len as usize], &data[..]);
     }
 }
