@@ -76,6 +76,10 @@ pub struct IndexFile {
     pub header: Header,
     slots: u64,
     max_entries: u64,
+    /// `index_count` when the file was last synced (or opened).
+    synced_count: i32,
+    /// `index_count` at the last checkpoint's look (see [`IndexService::flush`]).
+    seen_count: i32,
 }
 
 impl IndexFile {
@@ -92,7 +96,16 @@ impl IndexFile {
     ) -> Result<IndexFile, StoreError> {
         let seg = disk.open_segment(&dir.join(name), Self::size(slots, entries)).await?;
         let header = Header::decode(&seg.read_at(0, HEADER_SIZE as usize).await?);
-        Ok(IndexFile { name: name.to_string(), seg, header, slots, max_entries: entries })
+        let count = header.index_count;
+        Ok(IndexFile {
+            name: name.to_string(),
+            seg,
+            header,
+            slots,
+            max_entries: entries,
+            synced_count: count,
+            seen_count: count,
+        })
     }
 
     fn is_full(&self) -> bool {
@@ -176,7 +189,16 @@ pub struct IndexService {
     slots: u64,
     entries: u64,
     files: Vec<IndexFile>,
-    flushed_count: Vec<i32>,
+}
+
+/// How far a checkpoint's index flush made the index durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexDurable {
+    /// Every entry written before the flush began.
+    All,
+    /// Entries of records below this commitlog offset: the file being filled from there on
+    /// was left unsynced (see [`IndexService::flush`]).
+    Below(u64),
 }
 
 /// Index file names are the creation time as `yyyyMMddHHmmssSSS` (UTC here).
@@ -206,8 +228,7 @@ impl IndexService {
                 files.push(IndexFile::open(disk, &dir, &name, slots, entries).await?);
             }
         }
-        let flushed_count = files.iter().map(|f| f.header.index_count).collect();
-        Ok(IndexService { disk: disk.clone(), dir, slots, entries, files, flushed_count })
+        Ok(IndexService { disk: disk.clone(), dir, slots, entries, files })
     }
 
     /// Deletes every file holding entries at or past `safe_phys` (not covered by the last
@@ -226,7 +247,6 @@ impl IndexService {
                 "recovery: index file not covered by checkpoint, rebuilding it from the commitlog");
             self.disk.remove_file(&self.dir.join(&f.name)).await?;
         }
-        self.flushed_count = self.files.iter().map(|f| f.header.index_count).collect();
         Ok(rebuild_from)
     }
 
@@ -241,7 +261,6 @@ impl IndexService {
             }
             let f = IndexFile::open(&self.disk, &self.dir, &name, self.slots, self.entries).await?;
             self.files.push(f);
-            self.flushed_count.push(0);
         }
         self.files.last_mut().unwrap().put(hash, phys, store_ts).await
     }
@@ -261,16 +280,51 @@ impl IndexService {
         Ok(out)
     }
 
-    /// Syncs every file changed since the last flush. Returns the newest indexed offset.
-    pub async fn flush(&mut self) -> Result<(), StoreError> {
-        for (i, f) in self.files.iter().enumerate() {
-            if self.flushed_count[i] != f.header.index_count {
-                let used = HEADER_SIZE + self.slots * 4 + (f.header.index_count.max(1) as u64 + 1) * ENTRY;
-                f.seg.sync(0, used.min(f.seg.size())).await?;
-                self.flushed_count[i] = f.header.index_count;
+    /// Syncs the files changed since their last sync that will not change soon: full ones,
+    /// and the one being filled if no entry came since the last look (an idle broker's
+    /// crash then rebuilds nothing); with `all` (shutdown, tests) every changed file.
+    ///
+    /// A file being filled is left alone under load because syncing it buys nothing: its
+    /// slot table takes writes all over its 20 MB, so each sync wrote thousands of scattered
+    /// pages (~1 s of appends dirtied nearly all of them) and delayed SYNC_FLUSH's group
+    /// syncs behind that I/O, while recovery after a crash drops and rebuilds any file with
+    /// entries past the checkpoint anyway, synced or not (as RocketMQ, which syncs an index
+    /// file only once it is full). The syncs run without the index lock: a put indexes
+    /// under it, and one of these syncs took up to hundreds of ms.
+    pub async fn flush(index: &crate::rt::sync::Mutex<IndexService>, all: bool) -> Result<IndexDurable, StoreError> {
+        let mut durable = IndexDurable::All;
+        let changed: Vec<(String, Segment, u64, i32)> = {
+            let mut ix = index.lock().await;
+            let slots = ix.slots;
+            let mut changed = Vec::new();
+            for f in ix.files.iter_mut() {
+                let count = f.header.index_count;
+                let quiet = count == f.seen_count;
+                f.seen_count = count;
+                if count == f.synced_count {
+                    continue;
+                }
+                if !(all || quiet || f.is_full()) {
+                    if durable == IndexDurable::All {
+                        durable = IndexDurable::Below(f.header.begin_phy_offset.max(0) as u64);
+                    }
+                    continue;
+                }
+                let used = HEADER_SIZE + slots * 4 + (count.max(1) as u64 + 1) * ENTRY;
+                changed.push((f.name.clone(), f.seg.clone(), used.min(f.seg.size()), count));
+            }
+            changed
+        };
+        for (_, seg, used, _) in &changed {
+            seg.sync_aside(0, *used).await?;
+        }
+        let mut ix = index.lock().await;
+        for (name, _, _, count) in changed {
+            if let Some(f) = ix.files.iter_mut().find(|f| f.name == name) {
+                f.synced_count = count;
             }
         }
-        Ok(())
+        Ok(durable)
     }
 
     /// Retention: removes files whose newest entry is below `log_min`.
@@ -278,7 +332,6 @@ impl IndexService {
         let mut removed = 0;
         while self.files.len() > 1 && (self.files[0].header.end_phy_offset as u64) < log_min {
             let f = self.files.remove(0);
-            self.flushed_count.remove(0);
             self.disk.remove_file(&self.dir.join(&f.name)).await?;
             removed += 1;
         }

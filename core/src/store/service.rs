@@ -7,14 +7,15 @@
 //!   under ASYNC_FLUSH it syncs every `flushIntervalCommitLog` ms once
 //!   `flushCommitLogLeastPages` pages are dirty, and everything every
 //!   `flushCommitLogThoroughInterval` ms.
-//! - checkpointer: every `flushIntervalConsumeQueue` ms syncs consume queues and index and
-//!   records in the checkpoint how far they are durable.
+//! - checkpointer: every `flushIntervalConsumeQueue` ms syncs consume queues and the index
+//!   files that are full or idle, and records in the checkpoint how far they are durable.
 //! - retention: every `cleanResourceInterval` ms removes expired segments.
 //!
 //! A failed sync is logged and retried; puts waiting on it answer FLUSH_DISK_TIMEOUT.
 
 use super::checkpoint::Checkpoint;
 use super::consume_queue::ConsumeQueue;
+use super::index::IndexDurable;
 use super::{FlushDiskType, MessageStore, StoreError, DISK_WARNING_RATIO};
 use crate::rt::time::{sleep, Duration};
 use std::sync::atomic::Ordering;
@@ -135,7 +136,7 @@ impl MessageStore {
                 _ = sleep(interval) => {}
                 _ = shutdown.changed() => break,
             }
-            if let Err(e) = self.checkpoint().await {
+            if let Err(e) = self.checkpoint_with(false).await {
                 tracing::error!(error = %e, "consume queue flush / checkpoint failed; will retry");
             }
         }
@@ -143,6 +144,12 @@ impl MessageStore {
 
     /// Syncs consume queues and index, then records how far they (and the log) are durable.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        self.checkpoint_with(true).await
+    }
+
+    /// The same, where `all` false (the periodic checkpoint) leaves the index file being
+    /// filled unsynced while entries keep coming (see `IndexService::flush`).
+    async fn checkpoint_with(&self, all: bool) -> Result<(), StoreError> {
         let inner = &self.inner;
         let _one_at_a_time = inner.checkpoint_lock.lock().await;
         let dispatched = inner.dispatched.load(Ordering::Acquire);
@@ -150,7 +157,10 @@ impl MessageStore {
         for cq in queues {
             cq.flush().await?;
         }
-        inner.index.lock().await.flush().await?;
+        let index_safe = match super::index::IndexService::flush(&inner.index, all).await? {
+            IndexDurable::All => dispatched,
+            IndexDurable::Below(from) => dispatched.min(from),
+        };
         let ts = inner.last_store_ts.load(Ordering::Relaxed) as i64;
         let ckpt = Checkpoint {
             physic_msg_timestamp: ts,
@@ -159,7 +169,7 @@ impl MessageStore {
             flushed_offset: inner.commitlog.flushed(),
             confirm_offset: inner.commitlog.write_pos(),
             logics_safe_offset: dispatched,
-            index_safe_offset: dispatched,
+            index_safe_offset: index_safe,
         };
         ckpt.store(&inner.disk, &inner.root.join("checkpoint")).await
     }
