@@ -291,10 +291,12 @@ impl RealSegment {
         let seg = this.clone();
         let write_back = this.log.load(Ordering::Relaxed) && !this.synced_often.load(Ordering::Relaxed);
         rt.spawn_blocking(move || {
+            // The window first: the writer needs it soon, while the write-back can wait on a
+            // congested disk.
+            seg.populate(from, to);
             if write_back {
                 seg.start_write_back(written_end / PAGE * PAGE);
             }
-            seg.populate(from, to)
         });
     }
 
