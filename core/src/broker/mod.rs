@@ -187,26 +187,23 @@ impl Broker {
     async fn registered_slaves(&self) -> std::collections::BTreeSet<u64> {
         let calls = self.namesrv_addrs().into_iter().map(|addr| async move {
             let req = RemotingCommand::request(request::GET_BROKER_CLUSTER_INFO, Default::default());
-            match self.namesrv.invoke(&addr, req, Duration::from_secs(3)).await {
-                Ok(r) if r.code == response::SUCCESS => match body::decode::<body::ClusterInfo>(&r.body) {
-                    Ok(info) => info
-                        .broker_addr_table
-                        .get(&self.cfg.broker_name)
-                        .filter(|b| b.cluster == self.cfg.broker_cluster_name)
-                        .map_or_else(std::collections::BTreeSet::new, |b| {
-                            b.broker_addrs.keys().copied().filter(|id| *id != 0).collect()
-                        }),
-                    Err(e) => {
-                        tracing::warn!(namesrv = %addr, error = %e, "cluster info: bad body");
-                        Default::default()
-                    }
-                },
-                Ok(r) => {
-                    tracing::warn!(namesrv = %addr, code = r.code, "cluster info refused");
-                    Default::default()
+            let info = match self.namesrv.invoke(&addr, req, Duration::from_secs(3)).await {
+                Ok(r) if r.code == response::SUCCESS => {
+                    body::decode::<body::ClusterInfo>(&r.body).map_err(|e| format!("bad body: {e}"))
                 }
+                Ok(r) => Err(format!("refused with code {}", r.code)),
+                Err(e) => Err(e.to_string()),
+            };
+            match info {
+                Ok(info) => info
+                    .broker_addr_table
+                    .get(&self.cfg.broker_name)
+                    .filter(|b| b.cluster == self.cfg.broker_cluster_name)
+                    .map_or_else(std::collections::BTreeSet::new, |b| {
+                        b.broker_addrs.keys().copied().filter(|id| *id != 0).collect()
+                    }),
                 Err(e) => {
-                    tracing::warn!(namesrv = %addr, error = %e, "cluster info failed");
+                    tracing::warn!(namesrv = %addr, error = %e, "cluster info for the take-back failed");
                     Default::default()
                 }
             }

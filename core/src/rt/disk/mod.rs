@@ -253,7 +253,7 @@ impl Segment {
     /// [`sync`](Self::sync) for syncs that may take long (ASYNC_FLUSH's periodic flush, the
     /// queue and index checkpoints): on the real disk on a blocking thread, not a runtime
     /// worker. A worker blocked in a sync of hundreds of MB holds every task queued on it:
-    /// `bench store` showed ASYNC_FLUSH puts of 180-380 ms, each ending the moment a periodic
+    /// `bench store` showed ASYNC_FLUSH puts of 180-480 ms, each ending the moment a periodic
     /// msync on its worker did.
     pub async fn sync_aside(&self, from: u64, to: u64) -> io::Result<()> {
         match self {

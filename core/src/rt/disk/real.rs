@@ -307,7 +307,7 @@ impl RealSegment {
     /// periodic sync alone (every `flushIntervalCommitLog` after the last one ended) the
     /// page cache collected ~1 GB between syncs at 700 MB/s of 1 KiB appends, and the final
     /// flush of `bench store` took 0.6-0.9 s after 3 s of appending; started every few MiB
-    /// as here, 0.02-0.35 s. Called with each prefault window, on its blocking thread.
+    /// as here, 0.08-0.42 s. Called with each prefault window, on its blocking thread.
     fn start_write_back(&self, to: u64) {
         let from = self.written_back.fetch_max(to, Ordering::Relaxed);
         if from >= to {
