@@ -264,3 +264,76 @@ async fn retention_frees_space_early_and_refuses_writes_when_the_disk_is_nearly_
     store.clean_expired(noon).await.unwrap();
     store.put(&message("T", 0, b"x", None, None, "W")).await.unwrap();
 }
+
+/// Puts that meet while one is appending (every disk call slowed, so appends overlap) are
+/// appended by that one (combining): each caller still gets its own record's place, and the
+/// queues stay dense.
+#[tokio::test(start_paused = true)]
+async fn puts_appended_by_another_put_each_get_their_own_place() {
+    let disk = SimDisk::new();
+    let store = open_sim(&disk, small_config("/s")).await;
+    disk.add_fault(SimFault::Slow(Duration::from_micros(50)));
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut placed = Vec::new();
+            for i in 0..20 {
+                let key = format!("W{w}-{i}");
+                let r = store.put(&message("T", w % 4, key.as_bytes(), None, None, &key)).await.unwrap();
+                placed.push((w % 4, r.queue_offset, r.phys_offset, key));
+            }
+            placed
+        }));
+    }
+    let mut placed = Vec::new();
+    for t in tasks {
+        placed.extend(t.await.unwrap());
+    }
+    disk.clear_faults();
+    assert!(store.combined_appends() > 0, "no put was appended by another: the puts never met");
+    for (queue, offset, phys, key) in &placed {
+        let got = store.get_message("T", *queue, *offset, 1, 1 << 20, None).await.unwrap();
+        assert_eq!(got.status, GetStatus::Found);
+        let m = &got.messages[0];
+        assert_eq!(m.phys_offset, *phys, "{key}: answered with another record's place");
+        assert!(m.record.windows(key.len()).any(|w| w == key.as_bytes()), "{key}: its queue offset holds another body");
+    }
+    for q in 0..4 {
+        assert_eq!(store.max_offset("T", q), 80, "queue {q} is dense: 4 writers x 20 puts");
+    }
+    store.check_integrity().await.unwrap();
+}
+
+/// A put that is appending for others and is dropped mid-way (its connection closed) hands
+/// the queued puts on instead of leaving them waiting for ever.
+#[tokio::test(start_paused = true)]
+async fn a_combining_put_dropped_mid_append_hands_the_queued_puts_on() {
+    let disk = SimDisk::new();
+    let store = open_sim(&disk, small_config("/s")).await;
+    disk.add_fault(SimFault::Stall(Instant::now() + Duration::from_secs(10)));
+    let first = {
+        let store = store.clone();
+        tokio::spawn(async move { store.put(&message("T", 0, b"first", None, None, "U0")).await })
+    };
+    tokio::task::yield_now().await;
+    let queued: Vec<_> = (1..4)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.put(&message("T", 0, b"queued", None, None, &format!("U{i}"))).await })
+        })
+        .collect();
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+    first.abort();
+    let _ = first.await;
+    for q in queued {
+        let r = tokio::time::timeout(Duration::from_secs(60), q).await;
+        let r = r.expect("a queued put was left waiting after the combining put was dropped").unwrap();
+        assert_eq!(r.unwrap().status, PutStatus::PutOk);
+    }
+    disk.clear_faults();
+    assert_eq!(store.max_offset("T", 0), 3, "the three queued puts are in the log, the dropped one is not");
+    store.check_integrity().await.unwrap();
+}

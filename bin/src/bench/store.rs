@@ -102,6 +102,8 @@ struct Outcome {
     crossings: Vec<u64>,
     /// The part of `elapsed` after the last put: the final flush (or the baseline's fdatasync).
     final_flush: Duration,
+    /// Puts whose records another put appended (the store's combining appender).
+    combined: u64,
 }
 
 impl Outcome {
@@ -119,6 +121,10 @@ impl Outcome {
             if self.timeouts > 0 { format!("  ({} FLUSH_DISK_TIMEOUT)", self.timeouts) } else { String::new() }
         ) + &if self.syncs > 0 && self.msgs > 0 {
             format!("  [{} syncs, {:.1} msgs/sync, {:.0} µs/sync]", self.syncs, self.msgs as f64 / self.syncs as f64, self.sync_nanos as f64 / self.syncs as f64 / 1000.0)
+        } else {
+            String::new()
+        } + &if self.combined > 0 {
+            format!("  [{:.0} % appended by another put]", 100.0 * self.combined as f64 / self.msgs.max(1) as f64)
         } else {
             String::new()
         } + &match self.disk_bytes {
@@ -208,6 +214,7 @@ async fn append_run(run: Run<'_>) -> Result<Outcome> {
     }
     // Durable at the end in both modes, like the baseline's final fdatasync.
     let (syncs, sync_nanos) = store.flush_stats();
+    let combined = store.combined_appends();
     let appended = started.elapsed();
     store.flush_all().await?;
     let elapsed = started.elapsed();
@@ -227,6 +234,7 @@ async fn append_run(run: Run<'_>) -> Result<Outcome> {
         disk_bytes,
         crossings,
         final_flush,
+        combined,
     })
 }
 
@@ -274,6 +282,7 @@ fn raw_sequential(dir: &Path, bytes: u64) -> Result<Outcome> {
         disk_bytes: None,
         crossings: Vec::new(),
         final_flush: elapsed - written,
+        combined: 0,
     })
 }
 

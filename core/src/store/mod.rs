@@ -30,7 +30,7 @@ pub use config::{FlushDiskType, StoreConfig};
 use consume_queue::{ConsumeQueue, Entry};
 use index::IndexService;
 use record::{DispatchInfo, MessageExt, MessageInner, RecordError};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -126,6 +126,97 @@ const MAX_FILTER_SCAN: usize = 16_000;
 /// Above this disk use writes are refused (RocketMQ's diskSpaceWarningLevelRatio).
 const DISK_WARNING_RATIO: f64 = 0.90;
 
+/// Puts waiting for the one appending to append their records too (see `MessageStore::append`).
+#[derive(Default)]
+pub(crate) struct AppendQueue {
+    jobs: VecDeque<AppendJob>,
+    /// A put is appending (it holds, or waits for, the put lock) and will take queued jobs.
+    combining: bool,
+}
+
+/// One put's encoded records and their dispatch views, waiting in the [`AppendQueue`].
+struct AppendJob {
+    recs: Vec<Vec<u8>>,
+    infos: Vec<DispatchInfo>,
+    /// Where the outcome goes (`None`: the combining put's own job).
+    done: Option<crate::rt::sync::oneshot::Sender<Appended>>,
+}
+
+enum Appended {
+    Done(Result<Vec<DispatchInfo>, StoreError>),
+    /// The put that combined stopped: the waiting put takes over, with its own job first.
+    YourTurn(AppendJob),
+}
+
+/// Most queued puts one combining put appends before handing the turn on.
+const COMBINE_BUDGET: usize = 32;
+
+/// Ends a combining turn however it ends: unless the queue was found empty, the jobs taken
+/// and not yet appended go back to the front of the queue and the oldest queued put takes
+/// over (also when the combining put is dropped mid-way, so nothing queued is stranded).
+struct Turn<'a> {
+    store: &'a MessageStore,
+    taken: VecDeque<AppendJob>,
+    handed_over: bool,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if self.handed_over {
+            return;
+        }
+        let mut q = self.store.inner.appends.lock().unwrap();
+        while let Some(job) = self.taken.pop_back() {
+            q.jobs.push_front(job);
+        }
+        hand_on(&mut q);
+    }
+}
+
+/// Gives the combining turn to the oldest queued put, or ends it if none is queued.
+fn hand_on(q: &mut AppendQueue) {
+    loop {
+        match q.jobs.pop_front() {
+            None => {
+                q.combining = false;
+                return;
+            }
+            Some(mut job) => match job.done.take() {
+                Some(done) => match done.send(Appended::YourTurn(job)) {
+                    Ok(()) => return,
+                    // Its put is gone: its records are not appended, and the next one is asked.
+                    Err(_) => continue,
+                },
+                None => continue,
+            },
+        }
+    }
+}
+
+/// A queued put's wait for its outcome. A put dropped after the turn was handed to it, before
+/// it took it up, hands the turn on as it goes: otherwise the queue would wait for a
+/// combining put that no longer exists, and every later put with it.
+struct Waiting<'a> {
+    store: &'a MessageStore,
+    rx: Option<crate::rt::sync::oneshot::Receiver<Appended>>,
+}
+
+impl Waiting<'_> {
+    async fn outcome(mut self) -> Result<Appended, crate::rt::sync::oneshot::error::RecvError> {
+        let r = self.rx.as_mut().expect("waited once").await;
+        self.rx = None;
+        r
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(Ok(Appended::YourTurn(_))) = self.rx.as_mut().map(|rx| rx.try_recv()) {
+            hand_on(&mut self.store.inner.appends.lock().unwrap());
+        }
+    }
+}
+
 pub(crate) struct PutState {
     /// Next queue offset per topic and queue id; assignment never depends on dispatch.
     offsets: HashMap<String, HashMap<i32, u64>>,
@@ -143,6 +234,8 @@ pub(crate) struct Inner {
     queues: RwLock<QueueTable>,
     index: crate::rt::sync::Mutex<IndexService>,
     put: crate::rt::sync::Mutex<PutState>,
+    /// Puts waiting for the combining put (see `MessageStore::append`).
+    appends: std::sync::Mutex<AppendQueue>,
     /// Commitlog offset up to which consume queues and index are built.
     dispatched: AtomicU64,
     flushed_tx: watch::Sender<u64>,
@@ -155,6 +248,8 @@ pub(crate) struct Inner {
     /// Commitlog syncs done by the flusher and the time they took.
     flush_count: AtomicU64,
     flush_nanos: AtomicU64,
+    /// Puts whose records another put appended (see `MessageStore::append`).
+    combined: AtomicU64,
     lock: std::sync::Mutex<Option<DirLock>>,
     /// One checkpoint at a time: they share `checkpoint.tmp`.
     checkpoint_lock: crate::rt::sync::Mutex<()>,
@@ -270,7 +365,10 @@ impl MessageStore {
         if inner.disk_full.load(Ordering::Relaxed) {
             return Err(StoreError::DiskFull);
         }
-        let infos = self.append(msgs, &mut recs).await?;
+        // The dispatch view is read from the message here, outside the lock; the append
+        // fills in where the record landed.
+        let infos = msgs.iter().zip(&recs).map(|(m, r)| DispatchInfo::new(m, 0, 0, r.len() as i32, 0)).collect();
+        let infos = self.append(recs, infos).await?;
         let end = infos.last().map_or(0, |i| i.phys_offset as u64 + i.size as u64);
         let wait = wait && inner.cfg.flush_disk_type == FlushDiskType::SyncFlush;
         let status = if wait { self.wait_durable(end).await } else { PutStatus::PutOk };
@@ -292,44 +390,124 @@ impl MessageStore {
         let _ = self.inner.arrival.set(l);
     }
 
-    /// Steps (2) and (3) of the write path, under the put lock.
-    async fn append(&self, msgs: &[MessageInner], recs: &mut [Vec<u8>]) -> Result<Vec<DispatchInfo>, StoreError> {
+    /// Steps (2) and (3) of the write path: appends one caller's records (consecutive in
+    /// the log) under the put lock, by flat combining. A put that finds another appending
+    /// queues its records and waits; the one appending takes the queued records too, in
+    /// arrival order, before it lets the lock go. With a plain lock every contended put was
+    /// a hand-over of the lock to a task that then had to be woken and scheduled, often on
+    /// the other worker thread, while the lock sat idle; here the appends run back to back
+    /// and the wake-ups of the waiting puts happen beside them. One put combines at most
+    /// `COMBINE_BUDGET` others, then hands the turn to the oldest waiting put, so no caller
+    /// waits on others' appends without bound.
+    async fn append(&self, recs: Vec<Vec<u8>>, infos: Vec<DispatchInfo>) -> Result<Vec<DispatchInfo>, StoreError> {
         let inner = &self.inner;
+        let mut mine = AppendJob { recs, infos, done: None };
+        let waiting = {
+            let mut q = inner.appends.lock().unwrap();
+            if q.combining {
+                let (tx, rx) = crate::rt::sync::oneshot::channel();
+                mine.done = Some(tx);
+                q.jobs.push_back(mine);
+                Err(rx)
+            } else {
+                q.combining = true;
+                Ok(mine)
+            }
+        };
+        let turn = match waiting {
+            Ok(mine) => mine,
+            Err(rx) => match (Waiting { store: self, rx: Some(rx) }).outcome().await {
+                Ok(Appended::Done(r)) => return self.arrived(r),
+                Ok(Appended::YourTurn(job)) => job,
+                // The put combining it was dropped while appending it: it may or may not be
+                // in the log, as when a put is dropped mid-append.
+                Err(_) => return Err(StoreError::Io(std::io::Error::other("append interrupted"))),
+            },
+        };
+        let r = self.combine(turn).await;
+        self.arrived(r)
+    }
+
+    /// Tells the arrival listener of the consumable records appended (outside the lock).
+    fn arrived(&self, r: Result<Vec<DispatchInfo>, StoreError>) -> Result<Vec<DispatchInfo>, StoreError> {
+        if let (Ok(infos), Some(l)) = (&r, self.inner.arrival.get()) {
+            for i in infos.iter().filter(|i| record::is_consumable(i.sys_flag)) {
+                l(&i.topic, i.queue_id, i.queue_offset as u64 + 1);
+            }
+        }
+        r
+    }
+
+    /// The combining turn: this put's records, then those queued meanwhile (see `append`).
+    async fn combine(&self, mine: AppendJob) -> Result<Vec<DispatchInfo>, StoreError> {
+        let inner = &self.inner;
+        let mut turn = Turn { store: self, taken: VecDeque::new(), handed_over: false };
         let mut st = inner.put.lock().await;
+        let result = self.append_locked(&mut st, mine.recs, mine.infos).await;
+        let mut served = 0;
+        loop {
+            {
+                let mut q = inner.appends.lock().unwrap();
+                if q.jobs.is_empty() {
+                    q.combining = false;
+                    turn.handed_over = true;
+                    break;
+                }
+                if served >= COMBINE_BUDGET {
+                    break;
+                }
+                turn.taken = std::mem::take(&mut q.jobs);
+            }
+            while let Some(job) = turn.taken.pop_front() {
+                let r = self.append_locked(&mut st, job.recs, job.infos).await;
+                if let Some(done) = job.done {
+                    let _ = done.send(Appended::Done(r));
+                }
+                served += 1;
+                inner.combined.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        drop(st);
+        drop(turn);
+        result
+    }
+
+    /// Appends one caller's records (consecutive in the log); the caller holds the put lock.
+    async fn append_locked(
+        &self,
+        st: &mut PutState,
+        mut recs: Vec<Vec<u8>>,
+        mut infos: Vec<DispatchInfo>,
+    ) -> Result<Vec<DispatchInfo>, StoreError> {
+        let inner = &self.inner;
         if st.shut_down {
             return Err(StoreError::ShutDown);
         }
-        let mut infos = Vec::with_capacity(msgs.len());
-        for (msg, rec) in msgs.iter().zip(recs.iter_mut()) {
-            let queue_offset = st.offsets.get(&msg.topic).and_then(|q| q.get(&msg.queue_id)).copied().unwrap_or(0);
+        for (info, rec) in infos.iter_mut().zip(recs.iter_mut()) {
+            let queue_offset = st.offsets.get(&info.topic).and_then(|q| q.get(&info.queue_id)).copied().unwrap_or(0);
             // Store time never goes backwards within one log, even if the clock does.
             let now = crate::rt::now_ms().max(inner.last_store_ts.load(Ordering::Relaxed));
             let phys = inner.commitlog.append(rec, queue_offset as i64, now as i64).await?;
             // The topic's name is copied only the first time it is seen.
-            match st.offsets.get_mut(msg.topic.as_str()) {
+            match st.offsets.get_mut(info.topic.as_str()) {
                 Some(q) => {
-                    q.insert(msg.queue_id, queue_offset + 1);
+                    q.insert(info.queue_id, queue_offset + 1);
                 }
                 None => {
-                    st.offsets.entry(msg.topic.clone()).or_default().insert(msg.queue_id, queue_offset + 1);
+                    st.offsets.entry(info.topic.clone()).or_default().insert(info.queue_id, queue_offset + 1);
                 }
             }
             inner.last_store_ts.store(now, Ordering::Relaxed);
-            let info = DispatchInfo::new(msg, queue_offset as i64, phys as i64, rec.len() as i32, now as i64);
+            info.queue_offset = queue_offset as i64;
+            info.phys_offset = phys as i64;
+            info.store_timestamp = now as i64;
             // A dispatch that failed earlier (disk error on a queue file) is caught up from the
             // log first, so consume queues stay in log order.
             if inner.dispatched.load(Ordering::Acquire) < phys {
                 self.catch_up_dispatch(phys).await?;
             }
-            self.dispatch(&info, 0).await?;
+            self.dispatch(info, 0).await?;
             inner.dispatched.store(phys + rec.len() as u64, Ordering::Release);
-            infos.push(info);
-        }
-        drop(st);
-        if let Some(l) = inner.arrival.get() {
-            for i in infos.iter().filter(|i| record::is_consumable(i.sys_flag)) {
-                l(&i.topic, i.queue_id, i.queue_offset as u64 + 1);
-            }
         }
         Ok(infos)
     }
@@ -671,6 +849,11 @@ impl MessageStore {
         (self.inner.flush_count.load(Ordering::Relaxed), self.inner.flush_nanos.load(Ordering::Relaxed))
     }
 
+    /// Puts since open whose records another put appended while it held the put lock.
+    pub fn combined_appends(&self) -> u64 {
+        self.inner.combined.load(Ordering::Relaxed)
+    }
+
     /// Store time of the newest message in a queue, 0 when it has none.
     pub async fn last_store_time(&self, topic: &str, queue_id: i32) -> i64 {
         let Some(cq) = self.existing_queue(topic, queue_id) else { return 0 };
@@ -714,5 +897,45 @@ impl MessageStore {
         let cq = self.inner.queues.read().unwrap().all().iter().map(|q| q.file_count()).sum();
         let idx = self.inner.index.lock().await.file_count();
         (cl, cq, idx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rt::disk::SimDisk;
+    use crate::rt::sync::oneshot;
+
+    fn job() -> (AppendJob, oneshot::Receiver<Appended>) {
+        let (tx, rx) = oneshot::channel();
+        (AppendJob { recs: Vec::new(), infos: Vec::new(), done: Some(tx) }, rx)
+    }
+
+    /// The turn was handed to a queued put that is dropped before it takes it up (its
+    /// request was cancelled): the turn goes on to the next queued put, and with none left
+    /// the combining ends, so later puts do not wait for a combiner that does not exist.
+    #[tokio::test]
+    async fn a_turn_handed_to_a_dropped_put_goes_on() {
+        let cfg = StoreConfig { store_path_root_dir: "/s".into(), ..StoreConfig::default() };
+        let store = MessageStore::open(cfg, Disk::Sim(SimDisk::new())).await.unwrap();
+        let (first, first_rx) = job();
+        let (second, mut second_rx) = job();
+        {
+            let mut q = store.inner.appends.lock().unwrap();
+            q.combining = true;
+            q.jobs.extend([first, second]);
+            hand_on(&mut q);
+        }
+        drop(Waiting { store: &store, rx: Some(first_rx) });
+        assert!(
+            matches!(second_rx.try_recv(), Ok(Appended::YourTurn(_))),
+            "the next queued put was not given the turn"
+        );
+        drop(Waiting { store: &store, rx: None });
+        let mut q = store.inner.appends.lock().unwrap();
+        assert!(q.combining, "the second put holds the turn");
+        q.jobs.clear();
+        hand_on(&mut q);
+        assert!(!q.combining, "with nobody queued the turn ends");
     }
 }
