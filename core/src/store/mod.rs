@@ -421,7 +421,11 @@ impl MessageStore {
                 Ok(Appended::YourTurn(job)) => job,
                 // The put combining it was dropped while appending it: it may or may not be
                 // in the log, as when a put is dropped mid-append.
-                Err(_) => return Err(StoreError::Io(std::io::Error::other("append interrupted"))),
+                Err(_) => {
+                    return Err(StoreError::Io(std::io::Error::other(
+                        "the put appending this message was cancelled; it may or may not be stored",
+                    )))
+                }
             },
         };
         let r = self.combine(turn).await;
@@ -931,10 +935,8 @@ mod tests {
             matches!(second_rx.try_recv(), Ok(Appended::YourTurn(_))),
             "the next queued put was not given the turn"
         );
-        drop(Waiting { store: &store, rx: None });
         let mut q = store.inner.appends.lock().unwrap();
         assert!(q.combining, "the second put holds the turn");
-        q.jobs.clear();
         hand_on(&mut q);
         assert!(!q.combining, "with nobody queued the turn ends");
     }
