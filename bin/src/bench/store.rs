@@ -246,6 +246,40 @@ fn disk_write_bytes() -> Option<u64> {
     io.lines().find_map(|l| l.strip_prefix("write_bytes: ")).and_then(|v| v.trim().parse().ok())
 }
 
+/// The disk's own cost of one group commit, for SYNC_FLUSH runs: `pwrite` of `group` bytes
+/// then `fdatasync`, at sequential positions for `secs`, into a file written whole and synced
+/// beforehand and still in the page cache (no extent changes, no reads, nothing else dirty:
+/// the best case a group sync can meet here). Returns the mean and median µs per sync.
+fn bare_group_sync(dir: &Path, group: u64, secs: f64) -> Result<(f64, f64)> {
+    use std::os::unix::fs::FileExt;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("bare-group-sync");
+    let size: u64 = 64 << 20;
+    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+    let chunk = vec![0u8; 1 << 20];
+    for at in (0..size).step_by(chunk.len()) {
+        f.write_all_at(&chunk, at)?;
+    }
+    f.sync_all()?;
+    let data = vec![b'g'; group as usize];
+    let mut took = Vec::new();
+    let (started, mut at) = (Instant::now(), 0u64);
+    while started.elapsed().as_secs_f64() < secs {
+        if at + group > size {
+            at = 0;
+        }
+        let t = Instant::now();
+        f.write_all_at(&data, at)?;
+        f.sync_data()?;
+        took.push(t.elapsed().as_secs_f64() * 1e6);
+        at += group;
+    }
+    std::fs::remove_file(&path)?;
+    took.sort_by(f64::total_cmp);
+    let mean = took.iter().sum::<f64>() / took.len().max(1) as f64;
+    Ok((mean, took.get(took.len() / 2).copied().unwrap_or(0.0)))
+}
+
 /// The physical baseline: the same number of bytes, sequential 1 MiB writes, one fdatasync.
 ///
 /// On a guest that hands freed memory back to its host (free page reporting), its speed
@@ -340,12 +374,22 @@ pub fn run_store(a: StoreArgs) -> Result<()> {
                         ms(&second),
                         100.0 * mbps / raw_mbps
                     );
-                } else if async_best > 0.0 {
-                    println!(
-                        "{:<34} {:>26.0}% of the best ASYNC_FLUSH run at this size",
-                        "",
-                        100.0 * mbps / async_best
-                    );
+                } else {
+                    if async_best > 0.0 {
+                        println!(
+                            "{:<34} {:>26.0}% of the best ASYNC_FLUSH run at this size",
+                            "",
+                            100.0 * mbps / async_best
+                        );
+                    }
+                    if o.syncs > 0 && o.msgs > 0 {
+                        let group = (o.bytes / o.syncs).max(1);
+                        let (mean, p50) = bare_group_sync(&a.dir, group, 1.0)?;
+                        println!(
+                            "  bare group sync: pwrite + fdatasync of {group} B (one group's bytes) into a pre-written file: {mean:.0} µs mean, {p50:.0} µs p50; the store's group sync {:.0} µs",
+                            o.sync_nanos as f64 / o.syncs as f64 / 1000.0
+                        );
+                    }
                 }
             }
         }
