@@ -120,6 +120,18 @@ async fn sigkilled_sync_master_consumers_finish_from_its_slave_with_nothing_acke
     .await;
 
     let producer = Producer::start("PG", ClientConfig::new(&nsaddr)).await.unwrap();
+    // A SYNC_MASTER answers SLAVE_NOT_AVAILABLE until its slave's HA link is up, which the
+    // topic copy above does not wait for: probe until both masters answer SEND_OK.
+    let in_sync: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    wait_for("both masters to answer SEND_OK (their slaves attached)", &procs, Duration::from_secs(30), || async {
+        let r = producer.send(&Message::new(TOPIC, "probe")).await;
+        let mut brokers = in_sync.lock().unwrap();
+        if let Some(r) = r.ok().filter(|r| r.status == SendStatus::SendOk) {
+            brokers.insert(r.queue.broker_name);
+        }
+        brokers.len() == 2
+    })
+    .await;
     let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let send = |from: usize, to: usize| {
         let (p, acked) = (producer.clone(), acked.clone());
