@@ -155,7 +155,7 @@ const COMBINE_BUDGET: usize = 32;
 /// and not yet appended go back to the front of the queue and the oldest queued put takes
 /// over (also when the combining put is dropped mid-way, so nothing queued is stranded).
 struct Turn<'a> {
-    store: &'a MessageStore,
+    queue: &'a std::sync::Mutex<AppendQueue>,
     taken: VecDeque<AppendJob>,
     handed_over: bool,
 }
@@ -165,7 +165,7 @@ impl Drop for Turn<'_> {
         if self.handed_over {
             return;
         }
-        let mut q = self.store.inner.appends.lock().unwrap();
+        let mut q = self.queue.lock().unwrap();
         while let Some(job) = self.taken.pop_back() {
             q.jobs.push_front(job);
         }
@@ -197,7 +197,7 @@ fn hand_on(q: &mut AppendQueue) {
 /// it took it up, hands the turn on as it goes: otherwise the queue would wait for a
 /// combining put that no longer exists, and every later put with it.
 struct Waiting<'a> {
-    store: &'a MessageStore,
+    queue: &'a std::sync::Mutex<AppendQueue>,
     rx: Option<crate::rt::sync::oneshot::Receiver<Appended>>,
 }
 
@@ -212,7 +212,7 @@ impl Waiting<'_> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         if let Some(Ok(Appended::YourTurn(_))) = self.rx.as_mut().map(|rx| rx.try_recv()) {
-            hand_on(&mut self.store.inner.appends.lock().unwrap());
+            hand_on(&mut self.queue.lock().unwrap());
         }
     }
 }
@@ -416,7 +416,7 @@ impl MessageStore {
         };
         let turn = match waiting {
             Ok(mine) => mine,
-            Err(rx) => match (Waiting { store: self, rx: Some(rx) }).outcome().await {
+            Err(rx) => match (Waiting { queue: &inner.appends, rx: Some(rx) }).outcome().await {
                 Ok(Appended::Done(r)) => return self.arrived(r),
                 Ok(Appended::YourTurn(job)) => job,
                 // The put combining it was dropped while appending it: it may or may not be
@@ -445,7 +445,7 @@ impl MessageStore {
     /// The combining turn: this put's records, then those queued meanwhile (see `append`).
     async fn combine(&self, mine: AppendJob) -> Result<Vec<DispatchInfo>, StoreError> {
         let inner = &self.inner;
-        let mut turn = Turn { store: self, taken: VecDeque::new(), handed_over: false };
+        let mut turn = Turn { queue: &inner.appends, taken: VecDeque::new(), handed_over: false };
         let mut st = inner.put.lock().await;
         let result = self.append_locked(&mut st, mine.recs, mine.infos).await;
         let mut served = 0;
@@ -907,7 +907,6 @@ impl MessageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rt::disk::SimDisk;
     use crate::rt::sync::oneshot;
 
     fn job() -> (AppendJob, oneshot::Receiver<Appended>) {
@@ -918,24 +917,23 @@ mod tests {
     /// The turn was handed to a queued put that is dropped before it takes it up (its
     /// request was cancelled): the turn goes on to the next queued put, and with none left
     /// the combining ends, so later puts do not wait for a combiner that does not exist.
-    #[tokio::test]
-    async fn a_turn_handed_to_a_dropped_put_goes_on() {
-        let cfg = StoreConfig { store_path_root_dir: "/s".into(), ..StoreConfig::default() };
-        let store = MessageStore::open(cfg, Disk::Sim(SimDisk::new())).await.unwrap();
+    #[test]
+    fn a_turn_handed_to_a_dropped_put_goes_on() {
+        let queue = std::sync::Mutex::new(AppendQueue::default());
         let (first, first_rx) = job();
         let (second, mut second_rx) = job();
         {
-            let mut q = store.inner.appends.lock().unwrap();
+            let mut q = queue.lock().unwrap();
             q.combining = true;
             q.jobs.extend([first, second]);
             hand_on(&mut q);
         }
-        drop(Waiting { store: &store, rx: Some(first_rx) });
+        drop(Waiting { queue: &queue, rx: Some(first_rx) });
         assert!(
             matches!(second_rx.try_recv(), Ok(Appended::YourTurn(_))),
             "the next queued put was not given the turn"
         );
-        let mut q = store.inner.appends.lock().unwrap();
+        let mut q = queue.lock().unwrap();
         assert!(q.combining, "the second put holds the turn");
         hand_on(&mut q);
         assert!(!q.combining, "with nobody queued the turn ends");
