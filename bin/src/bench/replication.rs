@@ -201,22 +201,23 @@ pub async fn run(a: &ReplicationArgs) -> Result<()> {
     println!("| setup | senders | SEND_OK/s | p50 µs | p99 µs | p99.9 µs | max µs | not SEND_OK | % of 2m-noslave | slave lag p50 / p99 / max (bytes) | CPU µs per send: client / masters / slaves |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for Row { label, threads, o, lag, cpu } in &rows {
-        let base =
-            rows.iter().find(|r| r.label == "2m-noslave" && r.threads == *threads).map_or(f64::NAN, |r| r.o.rate());
+        let of_base = rows
+            .iter()
+            .find(|r| r.label == "2m-noslave" && r.threads == *threads)
+            .map_or("–".to_string(), |b| format!("{:.0}%", 100.0 * o.rate() / b.o.rate()));
         let cpu =
             cpu.as_ref().map_or("–".to_string(), |c| format!("{:.1} / {:.1} / {:.1}", c.client, c.masters, c.slaves));
         let lag = lag.as_ref().map_or("–".to_string(), |h| {
             format!("{} / {} / {}", h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
         });
         println!(
-            "| {label} | {threads} | {:.0} | {} | {} | {} | {} | {} | {:.0}% | {lag} | {cpu} |",
+            "| {label} | {threads} | {:.0} | {} | {} | {} | {} | {} | {of_base} | {lag} | {cpu} |",
             o.rate(),
             o.p50_us,
             o.p99_us,
             o.p999_us,
             o.max_us,
             o.failed,
-            100.0 * o.rate() / base
         );
     }
     if let Some((first, resumed)) = resume {
