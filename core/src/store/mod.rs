@@ -460,7 +460,8 @@ impl MessageStore {
                 if served >= COMBINE_BUDGET {
                     break;
                 }
-                turn.taken = std::mem::take(&mut q.jobs);
+                // `taken` is empty here: the queue gets its buffer back for the next arrivals.
+                std::mem::swap(&mut turn.taken, &mut q.jobs);
             }
             while let Some(job) = turn.taken.pop_front() {
                 let r = self.append_locked(&mut st, job.recs, job.infos).await;
