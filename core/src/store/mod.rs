@@ -187,6 +187,7 @@ fn hand_on(q: &mut AppendQueue) {
                     // Its put is gone: its records are not appended, and the next one is asked.
                     Err(_) => continue,
                 },
+                // Only a combining put's own job has no sender, and it is never queued.
                 None => continue,
             },
         }
