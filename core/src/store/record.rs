@@ -147,7 +147,8 @@ pub fn tags_code(tags: Option<&str>) -> i64 {
 }
 
 pub fn properties_to_string<'a>(props: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
-    let mut s = String::new();
+    // Most messages carry a few short properties: one allocation instead of a doubling each.
+    let mut s = String::with_capacity(128);
     for (k, v) in props {
         s.push_str(k);
         s.push(NAME_SEP);
@@ -521,12 +522,13 @@ pub fn offset_msg_id(store_host: &SocketAddr, phys_offset: i64) -> String {
 /// Uppercase hex, as RocketMQ's `UtilAll.bytes2string`.
 pub fn hex_upper(raw: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut s = String::with_capacity(raw.len() * 2);
+    // Built as bytes: `String::push` encodes each char as UTF-8 (it showed in the put's profile).
+    let mut s = Vec::with_capacity(raw.len() * 2);
     for b in raw {
-        s.push(HEX[(b >> 4) as usize] as char);
-        s.push(HEX[(b & 0xF) as usize] as char);
+        s.push(HEX[(b >> 4) as usize]);
+        s.push(HEX[(b & 0xF) as usize]);
     }
-    s
+    String::from_utf8(s).expect("hex digits are ASCII")
 }
 
 /// Decodes an offsetMsgId into (store host, physical offset).
