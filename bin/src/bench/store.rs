@@ -339,6 +339,8 @@ pub fn run_store(a: StoreArgs) -> Result<()> {
     }
     for &size in &a.sizes {
         let mut async_best = 0.0f64;
+        // ASYNC_FLUSH msgs/s by writer count, for the SYNC_FLUSH runs' ceiling.
+        let mut async_rate = std::collections::HashMap::new();
         for flush in &a.flush {
             let mode = match flush.as_str() {
                 "async" => FlushDiskType::AsyncFlush,
@@ -362,6 +364,7 @@ pub fn run_store(a: StoreArgs) -> Result<()> {
                 println!("{}", o.line(&label));
                 if mode == FlushDiskType::AsyncFlush {
                     async_best = async_best.max(mbps);
+                    async_rate.insert(w, o.msgs as f64 / o.elapsed.as_secs_f64());
                     // Twice: what the first finds in memory depends on what the store run
                     // freed (see `raw_sequential`); the second reuses the first's pages. The
                     // store is held against the faster.
@@ -395,6 +398,17 @@ pub fn run_store(a: StoreArgs) -> Result<()> {
                             "  bare group sync: pwrite + fdatasync of {group} B (one group's bytes) into a pre-written file: {mean:.0} µs mean, {p50:.0} µs p50; the store's group sync {:.0} µs",
                             o.sync_nanos as f64 / o.syncs as f64 / 1000.0
                         );
+                        if let Some(&rate) = async_rate.get(&w) {
+                            // Closed loop, one sync at a time, each group all w writers: a
+                            // round is w appends at the ASYNC_FLUSH pace, then one sync.
+                            let appends = w as f64 / rate * 1e6;
+                            let ceiling = w as f64 / (mean + appends) * 1e6;
+                            println!(
+                                "  ceiling at this disk: {w} ASYNC_FLUSH puts take {appends:.0} µs, so {w} writers with whole groups and one bare sync at a time reach at most {ceiling:.0} msgs/s ({:.0}% of ASYNC_FLUSH x{w}); the store reached {:.0}% of that ceiling",
+                                100.0 * ceiling / rate,
+                                100.0 * (o.msgs as f64 / o.elapsed.as_secs_f64()) / ceiling
+                            );
+                        }
                     }
                 }
             }
