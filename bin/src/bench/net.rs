@@ -398,10 +398,29 @@ pub async fn wait_port(addr: &str) -> Result<()> {
     bail!("{addr} did not come up")
 }
 
-/// The broker's commitlog sync count and total sync time (µs) so far.
-async fn sync_totals(admin: &Admin) -> Option<(u64, u64)> {
+/// The broker's commitlog sync count, total sync time (µs) and log end so far.
+async fn sync_totals(admin: &Admin) -> Option<(u64, u64, u64)> {
     let info = admin.runtime_info("127.0.0.1:10911").await.ok()?;
-    Some((info.get("flushCount")?.parse().ok()?, info.get("flushTotalMicros")?.parse().ok()?))
+    let num = |k: &str| info.get(k)?.parse().ok();
+    Some((num("flushCount")?, num("flushTotalMicros")?, num("commitLogMaxOffset")?))
+}
+
+/// Prints the bare disk's group sync (`pwrite` + `fdatasync` of `group` bytes into a
+/// pre-written file on the broker's disk) and the SYNC_FLUSH ceiling it sets for `senders`
+/// in a closed loop: whole groups, one sync at a time, each round `senders` sends at the
+/// ASYNC_FLUSH pace and then one sync.
+async fn ceiling(dir: &std::path::Path, group: u64, senders: usize, async_rate: f64, sync_rate: f64) -> Result<()> {
+    let dir = dir.to_path_buf();
+    let (mean, p50) =
+        tokio::task::spawn_blocking(move || crate::store::bare_group_sync(&dir, group.max(1), 1.0)).await??;
+    let sends = senders as f64 / async_rate * 1e6;
+    let most = senders as f64 / (mean + sends) * 1e6;
+    println!(
+        "           bare group sync of {group} B: {mean:.0} µs mean, {p50:.0} µs p50; {senders} ASYNC_FLUSH sends take {sends:.0} µs, so the ceiling is {most:.0} msgs/s ({:.0}% of ASYNC_FLUSH); reached {:.0}% of it",
+        100.0 * most / async_rate,
+        100.0 * sync_rate / most
+    );
+    Ok(())
 }
 
 /// The whole matrix, one broker process per flush mode, with the echo baseline measured in
@@ -413,7 +432,7 @@ pub async fn cluster(a: &ClusterArgs) -> Result<()> {
         Command::new(&bench_bin).args(["echo-server", "--bind", "127.0.0.1:19999"]).stdout(Stdio::null()).spawn()?,
     );
     wait_port("127.0.0.1:19999").await?;
-    let mut rows = Vec::new();
+    let mut rows: Vec<(String, usize, usize, Outcome, Outcome)> = Vec::new();
     for flush in &a.flush {
         let _ = std::fs::remove_dir_all(&a.dir);
         std::fs::create_dir_all(&a.dir)?;
@@ -458,7 +477,7 @@ pub async fn cluster(a: &ClusterArgs) -> Result<()> {
                     let per = |d: u64| d as f64 / o.ops.max(1) as f64;
                     println!("           CPU per send: client {:.1} µs, broker {:.1} µs", per(c1 - c0), per(b1 - b0));
                 }
-                if let (Some((c0, us0)), Some((c1, us1))) = (before, sync_totals(&admin).await) {
+                if let (Some((c0, us0, end0)), Some((c1, us1, end1))) = (before, sync_totals(&admin).await) {
                     if c1 > c0 {
                         let syncs = (c1 - c0) as f64;
                         println!(
@@ -467,6 +486,13 @@ pub async fn cluster(a: &ClusterArgs) -> Result<()> {
                             o.ops as f64 / syncs,
                             (us1 - us0) as f64 / syncs
                         );
+                        let async_rate = rows
+                            .iter()
+                            .find(|(f, s, t, _, _)| f == "ASYNC_FLUSH" && *s == size && *t == threads)
+                            .map(|r| r.3.rate());
+                        if let (true, Some(rate)) = (flush == "SYNC_FLUSH", async_rate) {
+                            ceiling(&a.dir, (end1 - end0) / (c1 - c0), threads, rate, o.rate()).await?;
+                        }
                     }
                 }
                 rows.push((flush.clone(), size, threads, o, echo_o));

@@ -256,7 +256,7 @@ fn disk_write_bytes() -> Option<u64> {
 /// the best case a group sync can meet here). Filled in 1 MiB writes: filled a page at a
 /// time instead (4 KiB folios, as the store keeps them) it measured no faster (two pairs:
 /// 1 KiB x64 groups 251-253 µs against 175-198 µs). Returns the mean and median µs per sync.
-fn bare_group_sync(dir: &Path, group: u64, secs: f64) -> Result<(f64, f64)> {
+pub(crate) fn bare_group_sync(dir: &Path, group: u64, secs: f64) -> Result<(f64, f64)> {
     use std::os::unix::fs::FileExt;
     std::fs::create_dir_all(dir)?;
     let path = dir.join("bare-group-sync");
