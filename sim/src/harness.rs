@@ -994,16 +994,27 @@ impl Cluster {
         let mut open: BTreeSet<&str> = BTreeSet::new();
         let mut delivered: BTreeSet<&str> = BTreeSet::new();
         let mut invoked = 0u64;
+        // Sends still waiting for their answer: one to a broker paused until the heal is
+        // answered after it (SEND_OK included), and must be delivered like any other.
+        let mut waiting: BTreeSet<&str> = BTreeSet::new();
         for r in &h.records {
             match &r.event {
-                Event::Invoke { .. } => invoked += 1,
-                Event::Ok { id, status, .. }
+                Event::Invoke { id } => {
+                    invoked += 1;
+                    waiting.insert(id);
+                }
+                Event::Fail { id, .. } => {
+                    waiting.remove(id.as_str());
+                }
+                Event::Ok { id, status, .. } => {
+                    waiting.remove(id.as_str());
                     if status == "SEND_OK"
                         && !h.unsynced.contains_key(id)
                         && !h.unreplicated.contains_key(id)
-                        && !h.corrupt.contains_key(id) =>
-                {
-                    open.insert(id);
+                        && !h.corrupt.contains_key(id)
+                    {
+                        open.insert(id);
+                    }
                 }
                 Event::Deliver { id: Some(id), .. } => {
                     delivered.insert(id);
@@ -1012,7 +1023,7 @@ impl Cluster {
             }
         }
         let w = &self.sc.workload;
-        invoked >= w.messages * w.producers as u64 && open.iter().all(|id| delivered.contains(id))
+        invoked >= w.messages * w.producers as u64 && waiting.is_empty() && open.iter().all(|id| delivered.contains(id))
     }
 }
 
