@@ -34,7 +34,7 @@
 use crate::config::broker::{BrokerConfig, BrokerRole};
 use crate::remoting::write_all;
 use crate::rt::net::{AsyncReadExt, TcpListener, TcpStream};
-use crate::rt::sync::{oneshot, watch, Mutex as AsyncMutex, Notify};
+use crate::rt::sync::{watch, Mutex as AsyncMutex, Notify};
 use crate::store::{meta, MessageStore, PutStatus, StoreError};
 use bytes::{Buf, BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -80,9 +80,12 @@ pub struct Ha {
     /// Master: the highest commitlog offset a slave has confirmed.
     acked: Mutex<u64>,
     /// Master: sends waiting for a slave to confirm up to an offset, by (offset, ticket);
-    /// each confirmation wakes exactly the ones it covers.
-    waiters: Mutex<std::collections::BTreeMap<(u64, u64), oneshot::Sender<()>>>,
+    /// each confirmation wakes exactly the ones it covers. No timer per send: one task
+    /// (`expire_waits`) wakes those whose `slaveTimeout` ran out.
+    waiters: Mutex<std::collections::BTreeMap<(u64, u64), Waiter>>,
     tickets: AtomicU64,
+    /// Master: a wait began with none pending (wakes `expire_waits`).
+    first_waiter: Notify,
     /// Master: an offset a send waited `slaveTimeout` for in vain (0: none). Until a slave
     /// confirms it, sends answer SLAVE_NOT_AVAILABLE at once instead of each waiting too.
     stuck_at: AtomicU64,
@@ -133,6 +136,7 @@ impl Ha {
             acked: Mutex::new(0),
             waiters: Mutex::new(Default::default()),
             tickets: Default::default(),
+            first_waiter: Notify::new(),
             stuck_at: AtomicU64::new(0),
             slaves: AtomicUsize::new(0),
             grown: Notify::new(),
@@ -251,18 +255,23 @@ impl Ha {
     /// A slave confirmed the log up to `r`: the confirmed offset only moves forward, and the
     /// sends it covers are answered.
     fn confirm(&self, r: u64) {
-        let covered = {
+        let mut covered = Vec::new();
+        {
             let mut acked = self.acked.lock().unwrap();
             if r <= *acked {
                 return;
             }
             *acked = r;
             let mut w = self.waiters.lock().unwrap();
-            let rest = w.split_off(&(r + 1, 0));
-            std::mem::replace(&mut *w, rest)
-        };
-        for (_, tx) in covered {
-            let _ = tx.send(());
+            while let Some(e) = w.first_entry() {
+                if e.key().0 > r {
+                    break;
+                }
+                covered.push(e.remove().waker);
+            }
+        }
+        for waker in covered {
+            waker.wake();
         }
     }
 
@@ -279,22 +288,36 @@ impl Ha {
         if self.slaves_connected() == 0 || behind > self.cfg.ha_slave_fallbehind_max || stuck > acked {
             return PutStatus::SlaveNotAvailable;
         }
-        let (tx, rx) = oneshot::channel();
-        let key = (end, self.tickets.fetch_add(1, Ordering::Relaxed));
-        {
-            // Checked under the lock `confirm` takes first: no confirmation slips between.
-            let acked = self.acked.lock().unwrap();
-            if *acked >= end {
-                return PutStatus::PutOk;
+        let deadline = crate::rt::instant() + Duration::from_millis(self.cfg.slave_timeout_ms);
+        Replication { ha: self, end, deadline, key: None }.await
+    }
+
+    /// Master: wakes the sends whose `slaveTimeout` ran out, sleeping until the earliest
+    /// deadline (once per `slaveTimeout` under steady confirmations, not once per send).
+    pub async fn expire_waits(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            let next = self.waiters.lock().unwrap().values().map(|w| w.deadline).min();
+            let Some(deadline) = next else {
+                crate::rt::select! {
+                    biased;
+                    _ = stop.changed() => return,
+                    _ = self.first_waiter.notified() => continue,
+                }
+            };
+            crate::rt::select! {
+                biased;
+                _ = stop.changed() => return,
+                _ = crate::rt::time::sleep_until(deadline) => {}
             }
-            self.waiters.lock().unwrap().insert(key, tx);
-        }
-        match crate::rt::time::timeout(Duration::from_millis(self.cfg.slave_timeout_ms), rx).await {
-            Ok(Ok(())) => PutStatus::PutOk,
-            _ => {
-                self.waiters.lock().unwrap().remove(&key);
-                self.stuck_at.fetch_max(end, Ordering::AcqRel);
-                PutStatus::FlushSlaveTimeout
+            let now = crate::rt::instant();
+            let expired: Vec<Waiter> = {
+                let mut w = self.waiters.lock().unwrap();
+                let keys: Vec<(u64, u64)> = w.iter().filter(|(_, x)| x.deadline <= now).map(|(k, _)| *k).collect();
+                keys.iter().filter_map(|k| w.remove(k)).collect()
+            };
+            for w in expired {
+                w.waker.wake();
             }
         }
     }
@@ -635,6 +658,72 @@ impl Ha {
     }
 }
 
+/// A send waiting for a slave's confirmation.
+struct Waiter {
+    waker: std::task::Waker,
+    deadline: crate::rt::time::Instant,
+}
+
+/// Resolves once a slave confirmed `end` (PUT_OK) or at `deadline` (FLUSH_SLAVE_TIMEOUT).
+/// Registered in `Ha::waiters` by (end, ticket) while pending; dropped early, it leaves.
+struct Replication<'a> {
+    ha: &'a Ha,
+    end: u64,
+    deadline: crate::rt::time::Instant,
+    key: Option<(u64, u64)>,
+}
+
+impl std::future::Future for Replication<'_> {
+    type Output = PutStatus;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<PutStatus> {
+        use std::collections::btree_map::Entry;
+        use std::task::Poll;
+        let this = self.get_mut();
+        let ha = this.ha;
+        // Checked under the lock `confirm` takes first: no confirmation slips between. A
+        // confirmation that covers `end` has already taken our entry out.
+        let acked = ha.acked.lock().unwrap();
+        if *acked >= this.end {
+            this.key = None;
+            return Poll::Ready(PutStatus::PutOk);
+        }
+        let mut w = ha.waiters.lock().unwrap();
+        if crate::rt::instant() >= this.deadline {
+            if let Some(k) = this.key.take() {
+                w.remove(&k);
+            }
+            ha.stuck_at.fetch_max(this.end, Ordering::AcqRel);
+            return Poll::Ready(PutStatus::FlushSlaveTimeout);
+        }
+        let first = w.is_empty();
+        let key = *this.key.get_or_insert_with(|| (this.end, ha.tickets.fetch_add(1, Ordering::Relaxed)));
+        match w.entry(key) {
+            Entry::Occupied(mut e) => {
+                if !e.get().waker.will_wake(cx.waker()) {
+                    e.get_mut().waker = cx.waker().clone();
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert(Waiter { waker: cx.waker().clone(), deadline: this.deadline });
+            }
+        }
+        drop((w, acked));
+        if first {
+            ha.first_waiter.notify_one();
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Replication<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.ha.waiters.lock().unwrap().remove(&k);
+        }
+    }
+}
+
 /// Writes one `i64 start, i32 size, bytes` frame (empty: a heartbeat, or the end of a
 /// give-back), built in `out`.
 async fn send_frame(stream: &mut TcpStream, out: &mut BytesMut, start: u64, data: &[u8]) -> Result<(), String> {
@@ -718,6 +807,54 @@ mod tests {
 
     fn e(epoch: u64, start: u64) -> Epoch {
         Epoch { epoch, start_offset: start }
+    }
+
+    /// Waits resolve when a confirmation covers them, time out at `slaveTimeout` without a
+    /// timer of their own, and leave no entry behind, answered or dropped.
+    #[tokio::test(start_paused = true)]
+    async fn waits_end_at_their_confirmation_or_their_slave_timeout() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = BrokerConfig { broker_role: BrokerRole::SyncMaster, slave_timeout_ms: 3_000, ..Default::default() };
+        cfg.store.store_path_root_dir = dir.path().into();
+        cfg.store.mapped_file_size_commit_log = 64 * 1024;
+        let store = MessageStore::open(cfg.store.clone(), crate::rt::disk::Disk::Real).await.unwrap();
+        let ha = Ha::open(&cfg, &store).await.unwrap();
+        ha.slaves.store(1, Ordering::Release);
+        let expiry = tokio::spawn(ha.clone().expire_waits());
+
+        let mut a = Box::pin(ha.wait_replicated(100));
+        let mut b = Box::pin(ha.wait_replicated(200));
+        let mut c = Box::pin(ha.wait_replicated(300));
+        let dropped = Box::pin(ha.wait_replicated(400));
+        for w in [&mut a, &mut b, &mut c] {
+            assert!(w.as_mut().now_or_never().is_none());
+        }
+        let mut dropped = dropped;
+        assert!(dropped.as_mut().now_or_never().is_none());
+        assert_eq!(ha.waiters.lock().unwrap().len(), 4);
+        drop(dropped);
+        assert_eq!(ha.waiters.lock().unwrap().len(), 3, "a dropped wait leaves");
+
+        ha.confirm(200);
+        assert_eq!(a.await, PutStatus::PutOk);
+        assert_eq!(b.await, PutStatus::PutOk);
+        assert_eq!(ha.waiters.lock().unwrap().len(), 1);
+
+        let started = tokio::time::Instant::now();
+        let late = tokio::time::timeout(Duration::from_secs(10), c).await;
+        assert_eq!(late.expect("the wait ends at slaveTimeout"), PutStatus::FlushSlaveTimeout);
+        assert_eq!(started.elapsed(), Duration::from_millis(3_000));
+        assert!(ha.waiters.lock().unwrap().is_empty());
+        // Until a slave confirms what that send waited for, sends do not wait at all.
+        assert_eq!(ha.wait_replicated(500).await, PutStatus::SlaveNotAvailable);
+        ha.confirm(300);
+        let mut d = Box::pin(ha.wait_replicated(500));
+        assert!(d.as_mut().now_or_never().is_none());
+        ha.confirm(600);
+        assert_eq!(d.await, PutStatus::PutOk);
+        ha.shutdown();
+        expiry.await.unwrap();
     }
 
     #[test]

@@ -479,6 +479,9 @@ impl BrokerController {
                     ha.expect_slaves(broker.registered_slaves().await);
                 }
                 tasks.push(crate::rt::spawn(ha.clone().reclaim_deadline()));
+                if broker.cfg.broker_role == BrokerRole::SyncMaster {
+                    tasks.push(crate::rt::spawn(ha.clone().expire_waits()));
+                }
                 tasks.push(crate::rt::spawn(ha.clone().serve(l)));
             }
             None => tasks.push(crate::rt::spawn(ha.clone().follow())),
