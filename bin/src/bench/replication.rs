@@ -31,6 +31,11 @@ pub struct ReplicationArgs {
     /// single, 2m-noslave, 2m-2s-async, 2m-2s-sync.
     #[arg(long, value_delimiter = ',', default_value = "single,2m-noslave,2m-2s-async,2m-2s-sync")]
     setups: Vec<String>,
+    /// Runs the setups this many times, every other round in reverse order (A B, B A, ...),
+    /// so that drift in the machine's speed over the run favours neither; with both 2m-2s
+    /// setups, a summary of sync against async follows the table.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Skip the consumer resume measurement.
     #[arg(long)]
     no_resume: bool,
@@ -152,7 +157,16 @@ pub async fn run(a: &ReplicationArgs) -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut rows: Vec<Row> = Vec::new();
     let mut resume = None;
-    for name in &a.setups {
+    let order: Vec<&String> = (0..a.rounds.max(1))
+        .flat_map(|r| {
+            let mut round: Vec<&String> = a.setups.iter().collect();
+            if r % 2 == 1 {
+                round.reverse();
+            }
+            round
+        })
+        .collect();
+    for name in order {
         let Some(&(label, conf, nodes)) = SETUPS.iter().find(|s| s.0 == name) else {
             anyhow::bail!("unknown setup {name}: single, 2m-noslave, 2m-2s-async or 2m-2s-sync");
         };
@@ -220,6 +234,7 @@ pub async fn run(a: &ReplicationArgs) -> Result<()> {
             o.failed,
         );
     }
+    sync_against_async(&rows, &a.threads);
     if let Some((first, resumed)) = resume {
         println!();
         println!(
@@ -229,6 +244,51 @@ pub async fn run(a: &ReplicationArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// For each sender count: 2m-2s-sync's SEND_OK/s against 2m-2s-async's over every run of
+/// each, and the ratio of the i-th sync run to the i-th async run (neighbours in time when
+/// the setups alternate).
+fn sync_against_async(rows: &[Row], threads: &[usize]) {
+    let rates = |label: &str, t: usize| -> Vec<f64> {
+        rows.iter().filter(|r| r.label == label && r.threads == t).map(|r| r.o.rate()).collect()
+    };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let mut header = true;
+    for &t in threads {
+        let (sync, asy) = (rates("2m-2s-sync", t), rates("2m-2s-async", t));
+        if sync.is_empty() || asy.is_empty() {
+            continue;
+        }
+        if header {
+            println!();
+            println!("| senders | 2m-2s-sync runs | mean | 2m-2s-async runs | mean | sync / async (means) | pairwise: mean, sd, min–max |");
+            println!("|---|---|---|---|---|---|---|");
+            header = false;
+        }
+        let list = |v: &[f64]| v.iter().map(|x| format!("{:.1}k", x / 1000.0)).collect::<Vec<_>>().join(", ");
+        let pairs: Vec<f64> = sync.iter().zip(&asy).map(|(s, a)| s / a).collect();
+        let m = mean(&pairs);
+        let sd = if pairs.len() > 1 {
+            (pairs.iter().map(|p| (p - m).powi(2)).sum::<f64>() / (pairs.len() - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        let (lo, hi) = pairs.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(*p), hi.max(*p)));
+        println!(
+            "| {t} | {} | {:.1}k | {} | {:.1}k | **{:.1} %** | {:.1} %, {:.1} %, {:.0}–{:.0} % ({} pairs) |",
+            list(&sync),
+            mean(&sync) / 1000.0,
+            list(&asy),
+            mean(&asy) / 1000.0,
+            100.0 * mean(&sync) / mean(&asy),
+            100.0 * m,
+            100.0 * sd,
+            100.0 * lo,
+            100.0 * hi,
+            pairs.len()
+        );
+    }
 }
 
 /// With the backlog the sends left, a consumer starts; once it has a message from broker-a,
