@@ -811,8 +811,14 @@ mod tests {
 
     /// Waits resolve when a confirmation covers them, time out at `slaveTimeout` without a
     /// timer of their own, and leave no entry behind, answered or dropped.
-    #[tokio::test(start_paused = true)]
-    async fn waits_end_at_their_confirmation_or_their_slave_timeout() {
+    #[cfg(not(madsim))]
+    #[test]
+    fn waits_end_at_their_confirmation_or_their_slave_timeout() {
+        crate::rt::block_on_paused(waits_end_at_their_confirmation_or_their_slave_timeout_async());
+    }
+
+    #[cfg(not(madsim))]
+    async fn waits_end_at_their_confirmation_or_their_slave_timeout_async() {
         use futures_util::FutureExt;
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = BrokerConfig { broker_role: BrokerRole::SyncMaster, slave_timeout_ms: 3_000, ..Default::default() };
@@ -821,7 +827,7 @@ mod tests {
         let store = MessageStore::open(cfg.store.clone(), crate::rt::disk::Disk::Real).await.unwrap();
         let ha = Ha::open(&cfg, &store).await.unwrap();
         ha.slaves.store(1, Ordering::Release);
-        let expiry = tokio::spawn(ha.clone().expire_waits());
+        let expiry = crate::rt::spawn(ha.clone().expire_waits());
 
         let mut a = Box::pin(ha.wait_replicated(100));
         let mut b = Box::pin(ha.wait_replicated(200));
@@ -841,8 +847,8 @@ mod tests {
         assert_eq!(b.await, PutStatus::PutOk);
         assert_eq!(ha.waiters.lock().unwrap().len(), 1);
 
-        let started = tokio::time::Instant::now();
-        let late = tokio::time::timeout(Duration::from_secs(10), c).await;
+        let started = crate::rt::instant();
+        let late = crate::rt::time::timeout(Duration::from_secs(10), c).await;
         assert_eq!(late.expect("the wait ends at slaveTimeout"), PutStatus::FlushSlaveTimeout);
         assert_eq!(started.elapsed(), Duration::from_millis(3_000));
         assert!(ha.waiters.lock().unwrap().is_empty());

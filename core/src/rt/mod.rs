@@ -29,6 +29,13 @@ pub fn rng() -> rand::rngs::SmallRng {
     rand::rngs::SmallRng::seed_from_u64(madsim::rand::random::<u64>())
 }
 
+/// Runs a unit test's future on a current-thread runtime whose clock is paused: it jumps to
+/// the next timer whenever every task waits, so timeouts are tested without waiting.
+#[cfg(all(test, not(madsim)))]
+pub fn block_on_paused<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(f)
+}
+
 /// Monotonic instant for measuring elapsed time (virtual under madsim).
 pub fn instant() -> time::Instant {
     time::Instant::now()
