@@ -811,13 +811,11 @@ mod tests {
 
     /// Waits resolve when a confirmation covers them, time out at `slaveTimeout` without a
     /// timer of their own, and leave no entry behind, answered or dropped.
-    #[cfg(not(madsim))]
     #[test]
     fn waits_end_at_their_confirmation_or_their_slave_timeout() {
         crate::rt::block_on_paused(waits_end_at_their_confirmation_or_their_slave_timeout_async());
     }
 
-    #[cfg(not(madsim))]
     async fn waits_end_at_their_confirmation_or_their_slave_timeout_async() {
         use futures_util::FutureExt;
         let dir = tempfile::tempdir().unwrap();

@@ -31,7 +31,7 @@ pub fn rng() -> rand::rngs::SmallRng {
 
 /// Runs a unit test's future on a current-thread runtime whose clock is paused: it jumps to
 /// the next timer whenever every task waits, so timeouts are tested without waiting.
-#[cfg(all(test, not(madsim)))]
+#[cfg(test)]
 pub fn block_on_paused<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(f)
 }
