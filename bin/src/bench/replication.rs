@@ -42,6 +42,9 @@ pub struct ReplicationArgs {
     /// Worker threads of each broker process (KEEL_WORKER_THREADS; default: the broker's).
     #[arg(long)]
     broker_threads: Option<usize>,
+    /// Worker threads of each slave process only (overrides --broker-threads for slaves).
+    #[arg(long)]
+    slave_threads: Option<usize>,
 }
 
 /// (label, conf directory, broker files)
@@ -60,7 +63,7 @@ struct Cluster {
 }
 
 /// Starts the name server and the named brokers of a conf set, stores under `dir`.
-async fn start(conf: &Path, nodes: &[&str], dir: &Path, threads: Option<usize>) -> Result<Cluster> {
+async fn start(conf: &Path, nodes: &[&str], dir: &Path, threads: Option<usize>, slave_threads: Option<usize>) -> Result<Cluster> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let ns = Proc(Command::new(sibling("namesrv")?).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
@@ -77,6 +80,7 @@ async fn start(conf: &Path, nodes: &[&str], dir: &Path, threads: Option<usize>) 
         std::fs::write(&file, lines.join("\n"))?;
         let mut cmd = Command::new(sibling("broker")?);
         cmd.args(["-c", file.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null());
+        let threads = if node.ends_with("-s") { slave_threads.or(threads) } else { threads };
         if let Some(t) = threads {
             cmd.env("KEEL_WORKER_THREADS", t.to_string());
         }
@@ -170,7 +174,7 @@ pub async fn run(a: &ReplicationArgs) -> Result<()> {
         let Some(&(label, conf, nodes)) = SETUPS.iter().find(|s| s.0 == name) else {
             anyhow::bail!("unknown setup {name}: single, 2m-noslave, 2m-2s-async or 2m-2s-sync");
         };
-        let c = start(&root.join(conf), nodes, &a.dir, a.broker_threads).await?;
+        let c = start(&root.join(conf), nodes, &a.dir, a.broker_threads, a.slave_threads).await?;
         println!("== {label}");
         for &threads in &a.threads {
             let args = ProduceArgs {
