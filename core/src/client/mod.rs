@@ -181,8 +181,7 @@ impl Instance {
     /// As `broker_in_subscribe`, but another broker of the group rather than `avoid` (an
     /// address that just failed) while there is one.
     pub fn broker_avoiding(&self, broker_name: &str, id: u64, avoid: Option<&str>) -> Option<(String, bool)> {
-        let table = self.broker_table();
-        let ids = table.get(broker_name)?;
+        let ids = self.broker_ids(broker_name);
         let ok = |a: &String| avoid != Some(a.as_str());
         ids.get(&id)
             .filter(|a| ok(a))
@@ -191,8 +190,23 @@ impl Instance {
             .or_else(|| ids.iter().next().map(|(i, a)| (a.clone(), *i != 0)))
     }
 
+    /// Called for every send: copies the one address, not the table (as in the table, the
+    /// last route that names the master wins).
     pub fn master_addr(&self, broker_name: &str) -> Option<String> {
-        self.broker_table().get(broker_name).and_then(|a| a.get(&0).cloned())
+        let routes = self.routes.lock().unwrap();
+        let groups = routes.values().flat_map(|r| &r.broker_datas).filter(|b| b.broker_name == broker_name);
+        groups.filter_map(|b| b.broker_addrs.get(&0)).last().cloned()
+    }
+
+    /// One broker group's addresses by brokerId, as in [`broker_table`](Self::broker_table).
+    fn broker_ids(&self, broker_name: &str) -> BTreeMap<u64, String> {
+        let mut ids = BTreeMap::new();
+        for r in self.routes.lock().unwrap().values() {
+            for b in r.broker_datas.iter().filter(|b| b.broker_name == broker_name) {
+                ids.extend(b.broker_addrs.iter().map(|(id, a)| (*id, a.clone())));
+            }
+        }
+        ids
     }
 
     /// Sends a heartbeat to every known broker (only masters when `masters_only`).
