@@ -195,7 +195,7 @@ impl Instance {
     pub fn master_addr(&self, broker_name: &str) -> Option<String> {
         let routes = self.routes.lock().unwrap();
         let groups = routes.values().flat_map(|r| &r.broker_datas).filter(|b| b.broker_name == broker_name);
-        groups.filter_map(|b| b.broker_addrs.get(&0)).last().cloned()
+        groups.filter_map(|b| b.broker_addrs.get(&0)).next_back().cloned()
     }
 
     /// One broker group's addresses by brokerId, as in [`broker_table`](Self::broker_table).
