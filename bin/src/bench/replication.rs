@@ -63,7 +63,13 @@ struct Cluster {
 }
 
 /// Starts the name server and the named brokers of a conf set, stores under `dir`.
-async fn start(conf: &Path, nodes: &[&str], dir: &Path, threads: Option<usize>, slave_threads: Option<usize>) -> Result<Cluster> {
+async fn start(
+    conf: &Path,
+    nodes: &[&str],
+    dir: &Path,
+    threads: Option<usize>,
+    slave_threads: Option<usize>,
+) -> Result<Cluster> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let ns = Proc(Command::new(sibling("namesrv")?).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);

@@ -819,7 +819,8 @@ mod tests {
     async fn waits_end_at_their_confirmation_or_their_slave_timeout_async() {
         use futures_util::FutureExt;
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = BrokerConfig { broker_role: BrokerRole::SyncMaster, slave_timeout_ms: 3_000, ..Default::default() };
+        let mut cfg =
+            BrokerConfig { broker_role: BrokerRole::SyncMaster, slave_timeout_ms: 3_000, ..Default::default() };
         cfg.store.store_path_root_dir = dir.path().into();
         cfg.store.mapped_file_size_commit_log = 64 * 1024;
         let store = MessageStore::open(cfg.store.clone(), crate::rt::disk::Disk::Real).await.unwrap();
