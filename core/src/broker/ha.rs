@@ -831,12 +831,10 @@ mod tests {
         let mut a = Box::pin(ha.wait_replicated(100));
         let mut b = Box::pin(ha.wait_replicated(200));
         let mut c = Box::pin(ha.wait_replicated(300));
-        let dropped = Box::pin(ha.wait_replicated(400));
-        for w in [&mut a, &mut b, &mut c] {
+        let mut dropped = Box::pin(ha.wait_replicated(400));
+        for w in [&mut a, &mut b, &mut c, &mut dropped] {
             assert!(w.as_mut().now_or_never().is_none());
         }
-        let mut dropped = dropped;
-        assert!(dropped.as_mut().now_or_never().is_none());
         assert_eq!(ha.waiters.lock().unwrap().len(), 4);
         drop(dropped);
         assert_eq!(ha.waiters.lock().unwrap().len(), 3, "a dropped wait leaves");
