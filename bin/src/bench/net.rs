@@ -413,8 +413,7 @@ async fn ceiling(dir: &std::path::Path, group: u64, senders: usize, async_rate: 
     let dir = dir.to_path_buf();
     let (mean, p50) =
         tokio::task::spawn_blocking(move || crate::store::bare_group_sync(&dir, group.max(1), 1.0)).await??;
-    let sends = senders as f64 / async_rate * 1e6;
-    let most = senders as f64 / (mean + sends) * 1e6;
+    let (sends, most) = crate::store::sync_ceiling(senders, async_rate, mean);
     println!(
         "           bare group sync of {group} B: {mean:.0} µs mean, {p50:.0} µs p50; {senders} ASYNC_FLUSH sends take {sends:.0} µs, so the ceiling is {most:.0} msgs/s ({:.0}% of ASYNC_FLUSH); reached {:.0}% of it",
         100.0 * most / async_rate,

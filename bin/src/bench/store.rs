@@ -250,6 +250,15 @@ fn disk_write_bytes() -> Option<u64> {
     io.lines().find_map(|l| l.strip_prefix("write_bytes: ")).and_then(|v| v.trim().parse().ok())
 }
 
+/// The SYNC_FLUSH ceiling a disk sets for `writers` in a closed loop, one sync at a time,
+/// each group all of them: a round is `writers` appends at the ASYNC_FLUSH pace
+/// (`async_rate` msgs/s), then one sync of `sync_us`. Returns (the round's appends in µs,
+/// the ceiling in msgs/s).
+pub(crate) fn sync_ceiling(writers: usize, async_rate: f64, sync_us: f64) -> (f64, f64) {
+    let appends = writers as f64 / async_rate * 1e6;
+    (appends, writers as f64 / (sync_us + appends) * 1e6)
+}
+
 /// The disk's own cost of one group commit, for SYNC_FLUSH runs: `pwrite` of `group` bytes
 /// then `fdatasync`, at sequential positions for `secs`, into a file written whole and synced
 /// beforehand and still in the page cache (no extent changes, no reads, nothing else dirty:
@@ -399,10 +408,7 @@ pub fn run_store(a: StoreArgs) -> Result<()> {
                             o.sync_nanos as f64 / o.syncs as f64 / 1000.0
                         );
                         if let Some(&rate) = async_rate.get(&w) {
-                            // Closed loop, one sync at a time, each group all w writers: a
-                            // round is w appends at the ASYNC_FLUSH pace, then one sync.
-                            let appends = w as f64 / rate * 1e6;
-                            let ceiling = w as f64 / (mean + appends) * 1e6;
+                            let (appends, ceiling) = sync_ceiling(w, rate, mean);
                             println!(
                                 "  ceiling at this disk: {w} ASYNC_FLUSH puts take {appends:.0} µs, so {w} writers with whole groups and one bare sync at a time reach at most {ceiling:.0} msgs/s ({:.0}% of ASYNC_FLUSH x{w}); the store reached {:.0}% of that ceiling",
                                 100.0 * ceiling / rate,
@@ -464,6 +470,16 @@ pub fn run_recovery(a: RecoveryArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::sync_ceiling;
+
+    #[test]
+    fn the_sync_ceiling_is_whole_rounds_of_appends_then_one_sync() {
+        // 64 appends at 640k/s take 100 µs; with a 100 µs sync a round is 200 µs.
+        let (appends, ceiling) = sync_ceiling(64, 640_000.0, 100.0);
+        assert!((appends - 100.0).abs() < 1e-9);
+        assert!((ceiling - 320_000.0).abs() < 1e-6);
+    }
+
     #[test]
     fn unique_keys_are_what_the_broker_would_make() {
         for n in [0u64, 1, 0xABCDEF, u64::MAX] {
