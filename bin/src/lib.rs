@@ -1,14 +1,25 @@
 //! Shared by Keel's binaries: the tokio runtime they run on.
 
-/// Broker and name server worker threads by default. On the 2-core machine BENCHMARKS.md
-/// measured, 1 worker gives the best ASYNC_FLUSH throughput but 2 keep serving while the
-/// flusher's `msync` holds a thread, which SYNC_FLUSH needs.
-pub const DEFAULT_WORKERS: usize = 2;
+/// Worker threads of a broker or name server by default: one per two CPUs, and on a machine
+/// of one or two CPUs none, a single-threaded runtime (0), with disk syncs and prefaults on
+/// its blocking threads as always. Measured on the 2-vCPU machine (BENCHMARKS.md, "One
+/// thread per server process"): with two workers every setup of `bench replication` (four
+/// brokers, a name server and the client on two CPUs) ran 10-20 % slower than with one
+/// thread, the workers waking each other across the processes; a lone broker under `bench
+/// cluster` ran as fast either way. Machines of more CPUs were not measured.
+pub fn default_workers() -> usize {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if cpus / 2 <= 1 {
+        0
+    } else {
+        cpus / 2
+    }
+}
 
 /// The runtime for a server process. `KEEL_WORKER_THREADS` sets the worker count
-/// (0 = a single-threaded runtime).
+/// (0 = a single-threaded runtime); unset, [`default_workers`].
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    runtime_with(DEFAULT_WORKERS)
+    runtime_with(default_workers())
 }
 
 /// [`runtime`] with another default (the benchmark client measured best single-threaded).

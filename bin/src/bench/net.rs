@@ -447,7 +447,9 @@ pub async fn cluster(a: &ClusterArgs) -> Result<()> {
         wait_port("127.0.0.1:9876").await?;
         let mut cmd = Command::new(&broker_bin);
         cmd.args(["-c", conf.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null());
-        cmd.env("KEEL_WORKER_THREADS", a.broker_threads.unwrap_or(keel::DEFAULT_WORKERS).to_string());
+        if let Some(t) = a.broker_threads {
+            cmd.env("KEEL_WORKER_THREADS", t.to_string());
+        }
         let broker = Proc(cmd.spawn()?);
         wait_port("127.0.0.1:10911").await?;
         tokio::time::sleep(Duration::from_millis(1500)).await;
