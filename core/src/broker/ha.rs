@@ -77,13 +77,13 @@ pub struct Ha {
     cfg: BrokerConfig,
     store: MessageStore,
     epochs: Mutex<Vec<Epoch>>,
-    /// Master: the highest commitlog offset a slave has confirmed.
-    acked: Mutex<u64>,
-    /// Master: sends waiting for a slave to confirm up to an offset, by (offset, ticket);
-    /// each confirmation wakes exactly the ones it covers. No timer per send: one task
-    /// (`expire_waits`) wakes those whose `slaveTimeout` ran out.
-    waiters: Mutex<std::collections::BTreeMap<(u64, u64), Waiter>>,
-    tickets: AtomicU64,
+    /// Master: the highest commitlog offset a slave has confirmed. Raised only under the
+    /// `waits` lock, so a wait that finds it short under that lock is sure to be woken.
+    acked: AtomicU64,
+    /// Master: sends waiting for a slave to confirm up to an offset; each confirmation
+    /// wakes exactly the ones it covers. No timer per send: one task (`expire_waits`) takes
+    /// out and wakes those whose `slaveTimeout` ran out.
+    waits: Mutex<Waits>,
     /// Master: a wait began with none pending (wakes `expire_waits`).
     first_waiter: Notify,
     /// Master: an offset a send waited `slaveTimeout` for in vain (0: none). Until a slave
@@ -133,9 +133,8 @@ impl Ha {
             cfg: cfg.clone(),
             store: store.clone(),
             epochs: Mutex::new(epochs),
-            acked: Mutex::new(0),
-            waiters: Mutex::new(Default::default()),
-            tickets: Default::default(),
+            acked: AtomicU64::new(0),
+            waits: Mutex::new(Default::default()),
             first_waiter: Notify::new(),
             stuck_at: AtomicU64::new(0),
             slaves: AtomicUsize::new(0),
@@ -249,29 +248,26 @@ impl Ha {
 
     /// Master: the highest offset a slave has confirmed.
     pub fn acked(&self) -> u64 {
-        *self.acked.lock().unwrap()
+        self.acked.load(Ordering::Acquire)
     }
 
     /// A slave confirmed the log up to `r`: the confirmed offset only moves forward, and the
     /// sends it covers are answered.
     fn confirm(&self, r: u64) {
-        let mut covered = Vec::new();
-        {
-            let mut acked = self.acked.lock().unwrap();
-            if r <= *acked {
+        if r <= self.acked.load(Ordering::Acquire) {
+            return;
+        }
+        let covered: Vec<Waiter> = {
+            let mut w = self.waits.lock().unwrap();
+            if r <= self.acked.load(Ordering::Relaxed) {
                 return;
             }
-            *acked = r;
-            let mut w = self.waiters.lock().unwrap();
-            while let Some(e) = w.first_entry() {
-                if e.key().0 > r {
-                    break;
-                }
-                covered.push(e.remove().waker);
-            }
-        }
-        for waker in covered {
-            waker.wake();
+            self.acked.store(r, Ordering::Release);
+            let n = w.list.partition_point(|x| x.end <= r);
+            w.list.drain(..n).collect()
+        };
+        for w in covered {
+            w.waker.wake();
         }
     }
 
@@ -289,7 +285,7 @@ impl Ha {
             return PutStatus::SlaveNotAvailable;
         }
         let deadline = crate::rt::instant() + Duration::from_millis(self.cfg.slave_timeout_ms);
-        Replication { ha: self, end, deadline, key: None }.await
+        Replication { ha: self, end, deadline, ticket: None }.await
     }
 
     /// Master: wakes the sends whose `slaveTimeout` ran out, sleeping until the earliest
@@ -297,7 +293,7 @@ impl Ha {
     pub async fn expire_waits(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
         loop {
-            let next = self.waiters.lock().unwrap().values().map(|w| w.deadline).min();
+            let next = self.waits.lock().unwrap().list.iter().map(|w| w.deadline).min();
             let Some(deadline) = next else {
                 crate::rt::select! {
                     biased;
@@ -311,13 +307,18 @@ impl Ha {
                 _ = crate::rt::time::sleep_until(deadline) => {}
             }
             let now = crate::rt::instant();
-            let expired: Vec<Waiter> = {
-                let mut w = self.waiters.lock().unwrap();
-                let keys: Vec<(u64, u64)> = w.iter().filter(|(_, x)| x.deadline <= now).map(|(k, _)| *k).collect();
-                keys.iter().filter_map(|k| w.remove(k)).collect()
-            };
-            for w in expired {
-                w.waker.wake();
+            let mut expired = Vec::new();
+            self.waits.lock().unwrap().list.retain_mut(|x| {
+                if x.deadline > now {
+                    return true;
+                }
+                // Until a slave confirms this, sends answer SLAVE_NOT_AVAILABLE at once.
+                self.stuck_at.fetch_max(x.end, Ordering::AcqRel);
+                expired.push(std::mem::replace(&mut x.waker, std::task::Waker::noop().clone()));
+                false
+            });
+            for waker in expired {
+                waker.wake();
             }
         }
     }
@@ -658,59 +659,81 @@ impl Ha {
     }
 }
 
+/// Sends waiting for a slave's confirmation, in order of (end, ticket).
+#[derive(Default)]
+struct Waits {
+    /// Sorted; appends come in log order, so a new wait nearly always goes last.
+    list: std::collections::VecDeque<Waiter>,
+    next_ticket: u64,
+}
+
+impl Waits {
+    fn find(&self, end: u64, ticket: u64) -> Option<usize> {
+        let i = self.list.partition_point(|x| (x.end, x.ticket) < (end, ticket));
+        (self.list.get(i).is_some_and(|x| x.ticket == ticket)).then_some(i)
+    }
+}
+
 /// A send waiting for a slave's confirmation.
 struct Waiter {
+    end: u64,
+    ticket: u64,
     waker: std::task::Waker,
     deadline: crate::rt::time::Instant,
 }
 
-/// Resolves once a slave confirmed `end` (PUT_OK) or at `deadline` (FLUSH_SLAVE_TIMEOUT).
-/// Registered in `Ha::waiters` by (end, ticket) while pending; dropped early, it leaves.
+/// Resolves once a slave confirmed `end` (PUT_OK) or once `expire_waits` took it out at
+/// `deadline` (FLUSH_SLAVE_TIMEOUT). In `Ha::waits` while pending; dropped early, it leaves.
 struct Replication<'a> {
     ha: &'a Ha,
     end: u64,
     deadline: crate::rt::time::Instant,
-    key: Option<(u64, u64)>,
+    /// Set while registered in `Ha::waits`.
+    ticket: Option<u64>,
 }
 
 impl std::future::Future for Replication<'_> {
     type Output = PutStatus;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<PutStatus> {
-        use std::collections::btree_map::Entry;
         use std::task::Poll;
         let this = self.get_mut();
         let ha = this.ha;
-        // Checked under the lock `confirm` takes first: no confirmation slips between. A
-        // confirmation that covers `end` has already taken our entry out.
-        let acked = ha.acked.lock().unwrap();
-        if *acked >= this.end {
-            this.key = None;
+        if ha.acked.load(Ordering::Acquire) >= this.end {
+            this.ticket = None; // a confirmation that covers `end` took our entry out
             return Poll::Ready(PutStatus::PutOk);
         }
-        let mut w = ha.waiters.lock().unwrap();
-        if crate::rt::instant() >= this.deadline {
-            if let Some(k) = this.key.take() {
-                w.remove(&k);
-            }
-            ha.stuck_at.fetch_max(this.end, Ordering::AcqRel);
-            return Poll::Ready(PutStatus::FlushSlaveTimeout);
+        let mut w = ha.waits.lock().unwrap();
+        // Checked again under the lock `confirm` raises it under: none slips between.
+        if ha.acked.load(Ordering::Relaxed) >= this.end {
+            this.ticket = None;
+            return Poll::Ready(PutStatus::PutOk);
         }
-        let first = w.is_empty();
-        let key = *this.key.get_or_insert_with(|| (this.end, ha.tickets.fetch_add(1, Ordering::Relaxed)));
-        match w.entry(key) {
-            Entry::Occupied(mut e) => {
-                if !e.get().waker.will_wake(cx.waker()) {
-                    e.get_mut().waker = cx.waker().clone();
+        match this.ticket {
+            Some(t) => match w.find(this.end, t) {
+                Some(i) => {
+                    if !w.list[i].waker.will_wake(cx.waker()) {
+                        w.list[i].waker = cx.waker().clone();
+                    }
+                }
+                None => {
+                    // Not confirmed, yet out of the list: `expire_waits` took it out.
+                    this.ticket = None;
+                    return Poll::Ready(PutStatus::FlushSlaveTimeout);
+                }
+            },
+            None => {
+                let ticket = w.next_ticket;
+                w.next_ticket += 1;
+                let first = w.list.is_empty();
+                let at = w.list.len() - w.list.iter().rev().take_while(|x| x.end > this.end).count();
+                w.list.insert(at, Waiter { end: this.end, ticket, waker: cx.waker().clone(), deadline: this.deadline });
+                this.ticket = Some(ticket);
+                drop(w);
+                if first {
+                    ha.first_waiter.notify_one();
                 }
             }
-            Entry::Vacant(e) => {
-                e.insert(Waiter { waker: cx.waker().clone(), deadline: this.deadline });
-            }
-        }
-        drop((w, acked));
-        if first {
-            ha.first_waiter.notify_one();
         }
         Poll::Pending
     }
@@ -718,8 +741,11 @@ impl std::future::Future for Replication<'_> {
 
 impl Drop for Replication<'_> {
     fn drop(&mut self) {
-        if let Some(k) = self.key.take() {
-            self.ha.waiters.lock().unwrap().remove(&k);
+        if let Some(t) = self.ticket.take() {
+            let mut w = self.ha.waits.lock().unwrap();
+            if let Some(i) = w.find(self.end, t) {
+                w.list.remove(i);
+            }
         }
     }
 }
@@ -835,20 +861,20 @@ mod tests {
         for w in [&mut a, &mut b, &mut c, &mut dropped] {
             assert!(w.as_mut().now_or_never().is_none());
         }
-        assert_eq!(ha.waiters.lock().unwrap().len(), 4);
+        assert_eq!(ha.waits.lock().unwrap().list.len(), 4);
         drop(dropped);
-        assert_eq!(ha.waiters.lock().unwrap().len(), 3, "a dropped wait leaves");
+        assert_eq!(ha.waits.lock().unwrap().list.len(), 3, "a dropped wait leaves");
 
         ha.confirm(200);
         assert_eq!(a.await, PutStatus::PutOk);
         assert_eq!(b.await, PutStatus::PutOk);
-        assert_eq!(ha.waiters.lock().unwrap().len(), 1);
+        assert_eq!(ha.waits.lock().unwrap().list.len(), 1);
 
         let started = crate::rt::instant();
         let late = crate::rt::time::timeout(Duration::from_secs(10), c).await;
         assert_eq!(late.expect("the wait ends at slaveTimeout"), PutStatus::FlushSlaveTimeout);
         assert_eq!(started.elapsed(), Duration::from_millis(3_000));
-        assert!(ha.waiters.lock().unwrap().is_empty());
+        assert!(ha.waits.lock().unwrap().list.is_empty());
         // Until a slave confirms what that send waited for, sends do not wait at all.
         assert_eq!(ha.wait_replicated(500).await, PutStatus::SlaveNotAvailable);
         ha.confirm(300);
