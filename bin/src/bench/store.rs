@@ -31,8 +31,8 @@ pub struct StoreArgs {
     /// Flush modes: async, sync.
     #[arg(long, value_delimiter = ',', default_value = "async,sync")]
     flush: Vec<String>,
-    /// Tokio worker threads (0 = current-thread runtime).
-    #[arg(long, default_value_t = 2)]
+    /// Tokio worker threads (0 = current-thread runtime); by default the broker's.
+    #[arg(long, default_value_t = keel::default_workers())]
     threads: usize,
     /// Commitlog segment size in MiB (mappedFileSizeCommitLog; smaller means more segment
     /// crossings per run).
