@@ -726,7 +726,8 @@ impl std::future::Future for Replication<'_> {
                 let ticket = w.next_ticket;
                 w.next_ticket += 1;
                 let first = w.list.is_empty();
-                let at = w.list.len() - w.list.iter().rev().take_while(|x| x.end > this.end).count();
+                // After every wait of the same end: the new ticket is the highest.
+                let at = w.list.partition_point(|x| x.end <= this.end);
                 w.list.insert(at, Waiter { end: this.end, ticket, waker: cx.waker().clone(), deadline: this.deadline });
                 this.ticket = Some(ticket);
                 drop(w);
