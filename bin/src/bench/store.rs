@@ -268,7 +268,8 @@ pub(crate) fn sync_ceiling(writers: usize, async_rate: f64, sync_us: f64) -> (f6
 ///
 /// `gap` busy-waits that long after each sync, as a store does while it appends the next
 /// group: on this VM a sync that follows an idle disk takes longer than one that follows
-/// the last (2026-12-03: 10 KB groups 138-142 µs back to back, 170-172 µs after 350 µs).
+/// the last (2026-12-03, `bench cluster`'s groups: 99-134 µs back to back, 141-167 µs after
+/// a round's sends).
 pub(crate) fn bare_group_sync(dir: &Path, group: u64, secs: f64, gap: Duration) -> Result<(f64, f64)> {
     use std::os::unix::fs::FileExt;
     std::fs::create_dir_all(dir)?;
