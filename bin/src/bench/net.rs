@@ -411,18 +411,18 @@ async fn sync_totals(admin: &Admin) -> Option<(u64, u64, u64)> {
 /// ASYNC_FLUSH pace and then one sync. The bare sync is measured back to back, and after a
 /// busy gap as long as those sends, during which the disk idles as it does in such a round.
 async fn ceiling(dir: &std::path::Path, group: u64, senders: usize, async_rate: f64, sync_rate: f64) -> Result<()> {
-    let bare = |gap: Duration| {
-        let dir = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || crate::store::bare_group_sync(&dir, group.max(1), 1.0, gap))
-    };
-    let (mean, p50) = bare(Duration::ZERO).await??;
-    let (sends, most) = crate::store::sync_ceiling(senders, async_rate, mean);
+    let sends = crate::store::sync_ceiling(senders, async_rate, 0.0).0;
+    let gaps = [Duration::ZERO, Duration::from_secs_f64(sends / 1e6)];
+    let dir = dir.to_path_buf();
+    let bare =
+        tokio::task::spawn_blocking(move || crate::store::bare_group_sync(&dir, group.max(1), 1.0, &gaps)).await??;
+    let ((mean, p50), (gapped, _)) = (bare[0], bare[1]);
+    let (_, most) = crate::store::sync_ceiling(senders, async_rate, mean);
     println!(
         "           bare group sync of {group} B: {mean:.0} µs mean, {p50:.0} µs p50; {senders} ASYNC_FLUSH sends take {sends:.0} µs, so the ceiling is {most:.0} msgs/s ({:.0}% of ASYNC_FLUSH); reached {:.0}% of it",
         100.0 * most / async_rate,
         100.0 * sync_rate / most
     );
-    let (gapped, _) = bare(Duration::from_secs_f64(sends / 1e6)).await??;
     let (_, most) = crate::store::sync_ceiling(senders, async_rate, gapped);
     println!(
         "           the bare sync after {sends:.0} µs of sends: {gapped:.0} µs mean, so at most {most:.0} msgs/s ({:.0}% of ASYNC_FLUSH); reached {:.0}% of it",

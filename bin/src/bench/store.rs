@@ -264,13 +264,13 @@ pub(crate) fn sync_ceiling(writers: usize, async_rate: f64, sync_us: f64) -> (f6
 /// beforehand and still in the page cache (no extent changes, no reads, nothing else dirty:
 /// the best case a group sync can meet here). Filled in 1 MiB writes: filled a page at a
 /// time instead (4 KiB folios, as the store keeps them) it measured no faster (two pairs:
-/// 1 KiB x64 groups 251-253 µs against 175-198 µs). Returns the mean and median µs per sync.
+/// 1 KiB x64 groups 251-253 µs against 175-198 µs). Returns, for each of `gaps` in turn, the
+/// mean and median µs per sync over `secs` of syncs each followed by that busy gap.
 ///
-/// `gap` busy-waits that long after each sync, as a store does while it appends the next
-/// group: on this VM a sync that follows an idle disk takes longer than one that follows
-/// the last (2026-12-03, `bench cluster`'s groups: 99-134 µs back to back, 141-167 µs after
-/// a round's sends).
-pub(crate) fn bare_group_sync(dir: &Path, group: u64, secs: f64, gap: Duration) -> Result<(f64, f64)> {
+/// A gap stands for the time a store spends appending the next group: on this VM a sync that
+/// follows an idle disk takes longer than one that follows the last (2026-12-03, `bench
+/// cluster`'s groups: 99-134 µs back to back, 141-167 µs after a round's sends).
+pub(crate) fn bare_group_sync(dir: &Path, group: u64, secs: f64, gaps: &[Duration]) -> Result<Vec<(f64, f64)>> {
     use std::os::unix::fs::FileExt;
     std::fs::create_dir_all(dir)?;
     let path = dir.join("bare-group-sync");
@@ -282,26 +282,31 @@ pub(crate) fn bare_group_sync(dir: &Path, group: u64, secs: f64, gap: Duration) 
     }
     f.sync_all()?;
     let data = vec![b'g'; group as usize];
-    let mut took = Vec::new();
-    let (started, mut at) = (Instant::now(), 0u64);
-    while started.elapsed().as_secs_f64() < secs {
-        if at + group > size {
-            at = 0;
+    let mut at = 0u64;
+    let mut out = Vec::with_capacity(gaps.len());
+    for &gap in gaps {
+        let mut took = Vec::new();
+        let started = Instant::now();
+        while started.elapsed().as_secs_f64() < secs {
+            if at + group > size {
+                at = 0;
+            }
+            let t = Instant::now();
+            f.write_all_at(&data, at)?;
+            f.sync_data()?;
+            took.push(t.elapsed().as_secs_f64() * 1e6);
+            at += group;
+            let idle = Instant::now();
+            while idle.elapsed() < gap {
+                std::hint::spin_loop();
+            }
         }
-        let t = Instant::now();
-        f.write_all_at(&data, at)?;
-        f.sync_data()?;
-        took.push(t.elapsed().as_secs_f64() * 1e6);
-        at += group;
-        let idle = Instant::now();
-        while idle.elapsed() < gap {
-            std::hint::spin_loop();
-        }
+        took.sort_by(f64::total_cmp);
+        let mean = took.iter().sum::<f64>() / took.len().max(1) as f64;
+        out.push((mean, took.get(took.len() / 2).copied().unwrap_or(0.0)));
     }
     std::fs::remove_file(&path)?;
-    took.sort_by(f64::total_cmp);
-    let mean = took.iter().sum::<f64>() / took.len().max(1) as f64;
-    Ok((mean, took.get(took.len() / 2).copied().unwrap_or(0.0)))
+    Ok(out)
 }
 
 /// The physical baseline: the same number of bytes, sequential 1 MiB writes, one fdatasync.
@@ -411,21 +416,25 @@ pub fn run_store(a: StoreArgs) -> Result<()> {
                     }
                     if o.syncs > 0 && o.msgs > 0 {
                         let group = (o.bytes / o.syncs).max(1);
-                        let (mean, p50) = bare_group_sync(&a.dir, group, 1.0, Duration::ZERO)?;
+                        let rate = async_rate.get(&w).copied();
+                        // The disk idles while a group appends: the sync after that gap too.
+                        let appends = rate.map(|r| sync_ceiling(w, r, 0.0).0);
+                        let gaps: Vec<Duration> = std::iter::once(Duration::ZERO)
+                            .chain(appends.map(|us| Duration::from_secs_f64(us / 1e6)))
+                            .collect();
+                        let bare = bare_group_sync(&a.dir, group, 1.0, &gaps)?;
+                        let (mean, p50) = bare[0];
                         println!(
                             "  bare group sync: pwrite + fdatasync of {group} B (one group's bytes) into a pre-written file: {mean:.0} µs mean, {p50:.0} µs p50; the store's group sync {:.0} µs",
                             o.sync_nanos as f64 / o.syncs as f64 / 1000.0
                         );
-                        if let Some(&rate) = async_rate.get(&w) {
+                        if let (Some(rate), Some(&(gapped, _))) = (rate, bare.get(1)) {
                             let (appends, ceiling) = sync_ceiling(w, rate, mean);
                             println!(
                                 "  ceiling at this disk: {w} ASYNC_FLUSH puts take {appends:.0} µs, so {w} writers with whole groups and one bare sync at a time reach at most {ceiling:.0} msgs/s ({:.0}% of ASYNC_FLUSH x{w}); the store reached {:.0}% of that ceiling",
                                 100.0 * ceiling / rate,
                                 100.0 * (o.msgs as f64 / o.elapsed.as_secs_f64()) / ceiling
                             );
-                            // The disk idles while a group appends: the same sync after that gap.
-                            let gap = Duration::from_secs_f64(appends / 1e6);
-                            let (gapped, _) = bare_group_sync(&a.dir, group, 1.0, gap)?;
                             let (_, ceiling) = sync_ceiling(w, rate, gapped);
                             println!(
                                 "  the bare sync after {appends:.0} µs of appending: {gapped:.0} µs mean, so at most {ceiling:.0} msgs/s ({:.0}% of ASYNC_FLUSH x{w}); the store reached {:.0}% of that",
