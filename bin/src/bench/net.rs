@@ -11,13 +11,14 @@ use hdrhistogram::Histogram;
 use keel_core::client::{Admin, ClientConfig, ConsumeResult, Message, Producer, PushConsumer, SendStatus};
 use keel_core::protocol::header::SendMessageHeader;
 use keel_core::protocol::RemotingCommand;
+use keel_core::rt::net::{busy_poll_max, BusyPoll};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 #[derive(Args, Clone)]
 pub struct ProduceArgs {
@@ -284,8 +285,9 @@ pub async fn echo_server(bind: &str) -> Result<std::net::SocketAddr> {
             let _ = s.set_nodelay(true);
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
+                let mut poll = BusyPoll::new(busy_poll_max());
                 loop {
-                    match s.read(&mut buf).await {
+                    match read_polled(&mut s, &mut buf, &mut poll).await {
                         Ok(0) | Err(_) => return,
                         Ok(n) => {
                             if s.write_all(&buf[..n]).await.is_err() {
@@ -298,6 +300,32 @@ pub async fn echo_server(bind: &str) -> Result<std::net::SocketAddr> {
         }
     });
     Ok(addr)
+}
+
+/// A read that polls the socket within `poll`'s window before it sleeps, as Keel's
+/// connections do (`keel_core::rt::net::BusyPoll`), so the echo baseline waits for its peer
+/// the same way the client and broker measured against it do.
+async fn read_polled(s: &mut tokio::net::TcpStream, buf: &mut [u8], poll: &mut BusyPoll) -> std::io::Result<usize> {
+    loop {
+        let found = poll
+            .spin(|| match s.try_read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                r => Some(r),
+            })
+            .await;
+        if let Some(r) = found {
+            return r;
+        }
+        poll.sleeping();
+        s.readable().await?;
+        match s.try_read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => {
+                poll.woke();
+                return r;
+            }
+        }
+    }
 }
 
 /// The bytes a producer sends for one message of `size` (a SEND_MESSAGE_V2 frame).
@@ -326,11 +354,19 @@ pub async fn echo(addr: &str, size: usize, threads: usize, seconds: f64) -> Resu
         tasks.push(tokio::spawn(async move {
             let mut h = histogram();
             let mut buf = vec![0u8; frame.len()];
+            let mut poll = BusyPoll::new(busy_poll_max());
             let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
+            'run: while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                if s.write_all(&frame).await.is_err() || s.read_exact(&mut buf).await.is_err() {
+                if s.write_all(&frame).await.is_err() {
                     break;
+                }
+                let mut got = 0;
+                while got < buf.len() {
+                    match read_polled(&mut s, &mut buf[got..], &mut poll).await {
+                        Ok(0) | Err(_) => break 'run,
+                        Ok(k) => got += k,
+                    }
                 }
                 let _ = h.record(t.elapsed().as_micros().max(1) as u64);
                 n += 1;

@@ -5,6 +5,7 @@ use crate::protocol::{next_frame, RemotingCommand, DEFAULT_MAX_FRAME};
 use crate::rt::net::{AsyncReadExt, AsyncWriteExt, TcpStream};
 use crate::rt::sync::{mpsc, oneshot, Notify};
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -192,6 +193,7 @@ async fn run(
     let mut wbuf = BytesMut::with_capacity(16 * 1024);
     // Responses are left in `rbuf` from the last turn: let their callers run first.
     let mut more = false;
+    let mut poll = crate::rt::net::BusyPoll::new(crate::rt::net::busy_poll_max());
     loop {
         if more {
             crate::rt::task::yield_now().await;
@@ -199,21 +201,46 @@ async fn run(
                 cmd.encode(&mut wbuf);
             }
         } else if wbuf.is_empty() {
-            crate::rt::select! {
-                biased;
-                _ = conn.close.notified() => return "closed locally".into(),
-                m = rx.recv() => {
-                    let Some(cmd) = m else { return "client dropped".into() };
+            // With requests out, their answers (or a caller's next request) may come within
+            // the polling window.
+            let found = if conn.pending.lock().unwrap().is_empty() {
+                None
+            } else {
+                poll.spin(|| match stream.read_buf(&mut rbuf).now_or_never() {
+                    Some(r) => Some(Ok(r)),
+                    None => rx.try_recv().ok().map(Err),
+                })
+                .await
+            };
+            match found {
+                Some(Ok(Ok(0))) => return "closed by peer".into(),
+                Some(Ok(Err(e))) => return format!("read failed: {e}"),
+                Some(Ok(Ok(_))) => {}
+                Some(Err(cmd)) => {
                     cmd.encode(&mut wbuf);
                     while let Ok(cmd) = rx.try_recv() {
                         cmd.encode(&mut wbuf);
                     }
                 }
-                r = stream.read_buf(&mut rbuf) => {
-                    match r {
-                        Ok(0) => return "closed by peer".into(),
-                        Err(e) => return format!("read failed: {e}"),
-                        Ok(_) => {}
+                None => {
+                    poll.sleeping();
+                    crate::rt::select! {
+                        biased;
+                        _ = conn.close.notified() => return "closed locally".into(),
+                        m = rx.recv() => {
+                            let Some(cmd) = m else { return "client dropped".into() };
+                            cmd.encode(&mut wbuf);
+                            while let Ok(cmd) = rx.try_recv() {
+                                cmd.encode(&mut wbuf);
+                            }
+                        }
+                        r = stream.read_buf(&mut rbuf) => {
+                            match r {
+                                Ok(0) => return "closed by peer".into(),
+                                Err(e) => return format!("read failed: {e}"),
+                                Ok(_) => poll.woke(),
+                            }
+                        }
                     }
                 }
             }

@@ -25,11 +25,18 @@ pub struct ServerConfig {
     pub max_frame: usize,
     /// A connection with no traffic either way for this long is closed (RocketMQ: 120 s).
     pub idle_timeout: Duration,
+    /// The longest a connection polls for its next request before it sleeps
+    /// ([`BusyPoll`](crate::rt::net::BusyPoll); zero: never).
+    pub busy_poll: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_frame: DEFAULT_MAX_FRAME, idle_timeout: Duration::from_secs(120) }
+        ServerConfig {
+            max_frame: DEFAULT_MAX_FRAME,
+            idle_timeout: Duration::from_secs(120),
+            busy_poll: crate::rt::net::busy_poll_max(),
+        }
     }
 }
 
@@ -188,6 +195,7 @@ async fn serve_connection<P: Processor>(
     let mut idle = crate::rt::time::interval(cfg.idle_timeout / 4);
     idle.tick().await;
     let mut last_activity = crate::rt::instant();
+    let mut poll = crate::rt::net::BusyPoll::new(cfg.busy_poll);
     let mut draining = *stop.borrow() != RUNNING;
     let mut stop_open = true;
     let reason: String = loop {
@@ -235,6 +243,30 @@ async fn serve_connection<P: Processor>(
         if draining && inflight.is_empty() {
             break "server shutting down".to_string();
         }
+        if !draining {
+            // The next request or a finished one, if it comes within the polling window.
+            let found = poll
+                .spin(|| match stream.read_buf(&mut rbuf).now_or_never() {
+                    Some(r) => Some(Err(r)),
+                    None => inflight.next().now_or_never().flatten().map(Ok),
+                })
+                .await;
+            match found {
+                Some(Ok(resp)) => {
+                    if let Some(r) = resp {
+                        r.encode(&mut wbuf);
+                    }
+                    continue;
+                }
+                Some(Err(Ok(0))) => break "closed by peer".to_string(),
+                Some(Err(Ok(_))) => {
+                    last_activity = crate::rt::instant();
+                    continue;
+                }
+                Some(Err(Err(e))) => break format!("read failed: {e}"),
+                None => poll.sleeping(),
+            }
+        }
         crate::rt::select! {
             biased;
             Some(resp) = inflight.next(), if !inflight.is_empty() => {
@@ -244,7 +276,10 @@ async fn serve_connection<P: Processor>(
             }
             r = stream.read_buf(&mut rbuf), if !draining => match r {
                 Ok(0) => break "closed by peer".to_string(),
-                Ok(_) => last_activity = crate::rt::instant(),
+                Ok(_) => {
+                    poll.woke();
+                    last_activity = crate::rt::instant();
+                }
                 Err(e) => break format!("read failed: {e}"),
             },
             Some(cmd) = out_rx.recv() => cmd.encode(&mut wbuf),
