@@ -203,20 +203,24 @@ async fn run(
         } else if wbuf.is_empty() {
             // With requests out, their answers (or a caller's next request) may come within
             // the polling window.
+            enum Polled {
+                Read(std::io::Result<usize>),
+                Queued(RemotingCommand),
+            }
             let found = if conn.pending.lock().unwrap().is_empty() {
                 None
             } else {
                 poll.spin(|| match stream.read_buf(&mut rbuf).now_or_never() {
-                    Some(r) => Some(Ok(r)),
-                    None => rx.try_recv().ok().map(Err),
+                    Some(r) => Some(Polled::Read(r)),
+                    None => rx.try_recv().ok().map(Polled::Queued),
                 })
                 .await
             };
             match found {
-                Some(Ok(Ok(0))) => return "closed by peer".into(),
-                Some(Ok(Err(e))) => return format!("read failed: {e}"),
-                Some(Ok(Ok(_))) => {}
-                Some(Err(cmd)) => {
+                Some(Polled::Read(Ok(0))) => return "closed by peer".into(),
+                Some(Polled::Read(Err(e))) => return format!("read failed: {e}"),
+                Some(Polled::Read(Ok(_))) => {}
+                Some(Polled::Queued(cmd)) => {
                     cmd.encode(&mut wbuf);
                     while let Ok(cmd) = rx.try_recv() {
                         cmd.encode(&mut wbuf);

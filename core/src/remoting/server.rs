@@ -245,25 +245,29 @@ async fn serve_connection<P: Processor>(
         }
         if !draining {
             // The next request or a finished one, if it comes within the polling window.
+            enum Polled {
+                Read(std::io::Result<usize>),
+                Served(Option<RemotingCommand>),
+            }
             let found = poll
                 .spin(|| match stream.read_buf(&mut rbuf).now_or_never() {
-                    Some(r) => Some(Err(r)),
-                    None => inflight.next().now_or_never().flatten().map(Ok),
+                    Some(r) => Some(Polled::Read(r)),
+                    None => inflight.next().now_or_never().flatten().map(Polled::Served),
                 })
                 .await;
             match found {
-                Some(Ok(resp)) => {
+                Some(Polled::Served(resp)) => {
                     if let Some(r) = resp {
                         r.encode(&mut wbuf);
                     }
                     continue;
                 }
-                Some(Err(Ok(0))) => break "closed by peer".to_string(),
-                Some(Err(Ok(_))) => {
+                Some(Polled::Read(Ok(0))) => break "closed by peer".to_string(),
+                Some(Polled::Read(Ok(_))) => {
                     last_activity = crate::rt::instant();
                     continue;
                 }
-                Some(Err(Err(e))) => break format!("read failed: {e}"),
+                Some(Polled::Read(Err(e))) => break format!("read failed: {e}"),
                 None => poll.sleeping(),
             }
         }
