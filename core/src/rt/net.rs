@@ -1,6 +1,7 @@
 //! TCP through the seam: tokio's sockets in production, madsim's simulated ones under
 //! `--cfg madsim`. Only the calls both provide are re-exported.
 
+use std::time::{Duration, Instant};
 pub use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub use tokio::net::{TcpListener, TcpStream};
 
@@ -30,21 +31,21 @@ pub async fn resolve(addr: &str) -> std::io::Result<std::net::SocketAddr> {
 /// where time is virtual and waiting is free.
 #[derive(Debug)]
 pub struct BusyPoll {
-    max: std::time::Duration,
-    window: std::time::Duration,
-    asleep_since: Option<std::time::Instant>,
+    max: Duration,
+    window: Duration,
+    asleep_since: Option<Instant>,
 }
 
 /// The longest polling window: `KEEL_BUSY_POLL_US` (0 turns polling off), else
 /// [`BUSY_POLL_DEFAULT`]; always zero under madsim.
-pub fn busy_poll_max() -> std::time::Duration {
+pub fn busy_poll_max() -> Duration {
     if cfg!(madsim) {
-        return std::time::Duration::ZERO;
+        return Duration::ZERO;
     }
-    static MAX: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    static MAX: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
     *MAX.get_or_init(|| match std::env::var("KEEL_BUSY_POLL_US") {
         Ok(v) => match v.trim().parse::<u64>() {
-            Ok(us) => std::time::Duration::from_micros(us),
+            Ok(us) => Duration::from_micros(us),
             Err(_) => {
                 tracing::warn!(value = %v, "KEEL_BUSY_POLL_US is not a number of microseconds; using the default");
                 BUSY_POLL_DEFAULT
@@ -55,15 +56,15 @@ pub fn busy_poll_max() -> std::time::Duration {
 }
 
 /// Long enough to cover a SYNC_FLUSH group sync and its answer (~300 µs here).
-pub const BUSY_POLL_DEFAULT: std::time::Duration = std::time::Duration::from_micros(400);
+pub const BUSY_POLL_DEFAULT: Duration = Duration::from_micros(400);
 
 impl BusyPoll {
-    pub fn new(max: std::time::Duration) -> Self {
+    pub fn new(max: Duration) -> Self {
         BusyPoll { max, window: max, asleep_since: None }
     }
 
     /// The current window (zero: no polling).
-    pub fn window(&self) -> std::time::Duration {
+    pub fn window(&self) -> Duration {
         self.window
     }
 
@@ -77,7 +78,7 @@ impl BusyPoll {
         if self.window.is_zero() || contended() {
             return None;
         }
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         loop {
             crate::rt::task::yield_now().await;
             if let Some(found) = look() {
@@ -98,14 +99,14 @@ impl BusyPoll {
     fn missed(&mut self) {
         self.window /= 2;
         if self.window < self.max / 8 {
-            self.window = std::time::Duration::ZERO;
+            self.window = Duration::ZERO;
         }
     }
 
     /// Call before sleeping on the socket, and [`woke`](Self::woke) when it brought data.
     pub fn sleeping(&mut self) {
         if !self.max.is_zero() {
-            self.asleep_since = Some(std::time::Instant::now());
+            self.asleep_since = Some(Instant::now());
         }
     }
 
@@ -117,7 +118,7 @@ impl BusyPoll {
         }
     }
 
-    fn woke_after(&mut self, slept: std::time::Duration) {
+    fn woke_after(&mut self, slept: Duration) {
         if slept < self.max {
             self.window = self.max;
         }
@@ -129,11 +130,11 @@ impl BusyPoll {
 fn cpus_contended() -> bool {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::OnceLock;
-    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
     static CHECKED_US: AtomicU64 = AtomicU64::new(0);
     static CONTENDED: AtomicBool = AtomicBool::new(false);
     static CPUS: OnceLock<usize> = OnceLock::new();
-    let now = EPOCH.get_or_init(std::time::Instant::now).elapsed().as_micros() as u64 + 1;
+    let now = EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1;
     let last = CHECKED_US.load(Ordering::Relaxed);
     if last != 0 && now - last < 1000 {
         return CONTENDED.load(Ordering::Relaxed);
@@ -152,7 +153,6 @@ fn cpus_contended() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn a_missed_window_halves_and_then_closes() {
