@@ -182,6 +182,20 @@ const DELIVER_PER_TURN: usize = 8;
 
 /// The connection task: writes what callers queue, reads responses and hands them out (at
 /// most [`DELIVER_PER_TURN`] per turn), and answers requests the server sends.
+/// Encodes `first` and every request queued behind it, for one write.
+fn encode_queued(
+    first: Option<RemotingCommand>,
+    rx: &mut mpsc::UnboundedReceiver<RemotingCommand>,
+    wbuf: &mut BytesMut,
+) {
+    if let Some(cmd) = first {
+        cmd.encode(wbuf);
+    }
+    while let Ok(cmd) = rx.try_recv() {
+        cmd.encode(wbuf);
+    }
+}
+
 async fn run(
     mut stream: TcpStream,
     conn: &Conn,
@@ -197,9 +211,7 @@ async fn run(
     loop {
         if more {
             crate::rt::task::yield_now().await;
-            while let Ok(cmd) = rx.try_recv() {
-                cmd.encode(&mut wbuf);
-            }
+            encode_queued(None, &mut rx, &mut wbuf);
         } else if wbuf.is_empty() {
             // With requests out, their answers (or a caller's next request) may come within
             // the polling window.
@@ -220,12 +232,7 @@ async fn run(
                 Some(Polled::Read(Ok(0))) => return "closed by peer".into(),
                 Some(Polled::Read(Err(e))) => return format!("read failed: {e}"),
                 Some(Polled::Read(Ok(_))) => {}
-                Some(Polled::Queued(cmd)) => {
-                    cmd.encode(&mut wbuf);
-                    while let Ok(cmd) = rx.try_recv() {
-                        cmd.encode(&mut wbuf);
-                    }
-                }
+                Some(Polled::Queued(cmd)) => encode_queued(Some(cmd), &mut rx, &mut wbuf),
                 None => {
                     poll.sleeping();
                     crate::rt::select! {
@@ -233,10 +240,7 @@ async fn run(
                         _ = conn.close.notified() => return "closed locally".into(),
                         m = rx.recv() => {
                             let Some(cmd) = m else { return "client dropped".into() };
-                            cmd.encode(&mut wbuf);
-                            while let Ok(cmd) = rx.try_recv() {
-                                cmd.encode(&mut wbuf);
-                            }
+                            encode_queued(Some(cmd), &mut rx, &mut wbuf);
                         }
                         r = stream.read_buf(&mut rbuf) => {
                             match r {
